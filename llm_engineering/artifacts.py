@@ -1,0 +1,24 @@
+"""Artifact types the steps hand each other. Plain Python, no ZenML: the materializers live in `orchestration`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """A flat directory of checkpoint files: a PEFT adapter or a full Hugging Face model (safetensors + JSON).
+
+    `temporary` marks a scratch directory the step made for this output: the materializer may move it into the
+    artifact store instead of copying it, and nothing else refers to it afterwards.
+    """
+
+    path: Path
+    temporary: bool = False
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in Path(self.path).iterdir() if p.is_file())
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files())

@@ -1,0 +1,106 @@
+"""Generation-based task evaluation: greedy, batched, on held-out rows.
+
+The same function scores the base model and the fine-tuned export, so "did fine-tuning help" is one comparison of
+two numbers computed the same way. It also reports how often generation ended with EOS on its own (a model that never
+learned to stop runs into `max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    reference: str
+    output: str
+    stopped: bool
+    correct: bool
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metric: str
+    score: float
+    stop_rate: float
+    samples: list[Sample]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_{self.metric}": self.score, f"{prefix}_stop_rate": self.stop_rate}
+
+
+def json_equal(output: str, reference: str) -> bool:
+    try:
+        return json.loads(output) == json.loads(reference)
+    except (json.JSONDecodeError, TypeError):
+        return False
+
+
+SCORERS = {
+    "exact_match": lambda output, reference: output.strip() == reference.strip(),
+    "json_exact_match": json_equal,
+}
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int):
+    """Greedy completions for chat prompts: [(text, stopped_by_eos)]."""
+    model.eval()
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    eos_ids = _eos_ids(model, tokenizer)
+    results = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start : start + batch_size]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+            stopped = any(t in eos_ids for t in row)
+            if stopped:
+                row = row[: next(i for i, t in enumerate(row) if t in eos_ids)]
+            results.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
+    return results
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
+
+
+def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new_tokens: int, batch_size: int):
+    """Score greedy completions of each row's prompt (all turns but the last) against its last assistant turn."""
+    prompts = [row["messages"][:-1] for row in rows]
+    references = [row["messages"][-1]["content"] for row in rows]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    scorer = SCORERS[metric]
+    samples = [
+        Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped, correct=scorer(out, ref))
+        for p, ref, (out, stopped) in zip(prompts, references, outputs)
+    ]
+    n = max(len(samples), 1)
+    return EvalResult(
+        metric=metric,
+        score=sum(s.correct for s in samples) / n,
+        stop_rate=sum(s.stopped for s in samples) / n,
+        samples=samples,
+    )
+
+
+def evaluate_checkpoint(load, rows: list[dict], cfg) -> EvalResult:
+    """Load a model with `load()` -> (model, tokenizer), score it on `rows` per EvalConfig `cfg`, free it."""
+    model, tokenizer = load()
+    try:
+        return evaluate_generation(model, tokenizer, rows[: cfg.max_rows], cfg.metric, cfg.max_new_tokens, cfg.batch_size)
+    finally:
+        del model

@@ -1,0 +1,155 @@
+"""Resolve a model source to a checkpoint and load it, optionally quantized with bitsandbytes.
+
+Steps pass a `BaseModelRef` (a few hundred bytes) instead of the weights: each step that needs the model loads it from
+the local checkpoint or the Hugging Face cache, so the base weights never travel through the artifact store.
+Only safetensors weights are loaded, and remote code only runs when the config asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from pydantic import BaseModel
+
+from llm_engineering.config import ModelConfig
+from llm_engineering.model.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """The model source cannot be loaded; the message names the source and what is missing."""
+
+
+class BaseModelRef(BaseModel):
+    """What the load step hands on: how to load the base model again, and what it measured."""
+
+    config: ModelConfig
+    display_name: str
+    revision: Optional[str] = None
+    weights_sha256: Optional[str] = None
+    num_parameters: int
+    footprint_bytes: int
+    load_seconds: float
+
+
+def checkpoint_location(cfg: ModelConfig) -> str:
+    """Local directory or hub id to pass to `from_pretrained`."""
+    if cfg.source == "embedded":
+        return str(embedded_model_dir())
+    if cfg.source == "local":
+        path = Path(cfg.name_or_path).expanduser()
+        if not path.is_dir():
+            raise ModelLoadError(f"model.name_or_path: local checkpoint directory not found: {path}")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path: {path} has no config.json (not a Hugging Face checkpoint)")
+        if not any(path.glob("*.safetensors")):
+            raise ModelLoadError(
+                f"model.name_or_path: {path} has no *.safetensors weights "
+                "(pickled .bin checkpoints are refused; convert them to safetensors)"
+            )
+        return str(path.resolve())
+    return cfg.name_or_path
+
+
+def display_name(cfg: ModelConfig) -> str:
+    return EMBEDDED_MODEL_NAME if cfg.source == "embedded" else str(cfg.name_or_path)
+
+
+def bnb_config(cfg: ModelConfig):
+    """`BitsAndBytesConfig` as in FastChat's train_lora.py, or None when not quantizing."""
+    from transformers import BitsAndBytesConfig
+
+    q = cfg.quantization
+    if q.method == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+    if q.method == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    location = checkpoint_location(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(
+        location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    if not tokenizer.chat_template:
+        raise ModelLoadError(f"the tokenizer of {display_name(cfg)} has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] = None):
+    """The base model: quantized per config (if `quantize`), else in `dtype` (default: `cfg.dtype`)."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.trust_remote_code:
+        logger.warning("trust_remote_code=True: code from %s will run on this machine", display_name(cfg))
+    quantization = bnb_config(cfg) if quantize else None
+    torch_dtype = DTYPES[dtype or cfg.dtype]
+    if quantization is not None and getattr(quantization, "load_in_4bit", False):
+        torch_dtype = DTYPES[cfg.quantization.compute_dtype]  # dtype of the layers bitsandbytes leaves unquantized
+    device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint_location(cfg),
+            revision=cfg.revision,
+            dtype=torch_dtype,
+            quantization_config=quantization,
+            device_map=device_map,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        )
+    except OSError as exc:
+        raise ModelLoadError(f"could not load model {display_name(cfg)}: {exc}") from exc
+    return model
+
+
+def weights_sha256(location: str) -> Optional[str]:
+    """Content hash of a local checkpoint's safetensors files (None for a hub id: the revision pins it)."""
+    path = Path(location)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_base(cfg: ModelConfig):
+    """Load as configured and describe it: returns (model, tokenizer, BaseModelRef)."""
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(cfg)
+    model = load_model(cfg)
+    seconds = time.perf_counter() - start
+    location = checkpoint_location(cfg)
+    ref = BaseModelRef(
+        config=cfg,
+        display_name=display_name(cfg),
+        revision=getattr(model.config, "_commit_hash", None) if cfg.source == "hub" else None,
+        weights_sha256=weights_sha256(location),
+        num_parameters=model.num_parameters(),
+        footprint_bytes=model.get_memory_footprint(),
+        load_seconds=round(seconds, 3),
+    )
+    return model, tokenizer, ref

@@ -1,0 +1,162 @@
+"""Supervised fine-tuning of the LoRA adapter with TRL's SFTTrainer.
+
+Rows are TRL conversational prompt/completion pairs, so the loss covers only the assistant completion, including its
+end-of-turn token (`<|im_end|>` for ChatML): the model learns to stop even where pad == eos, because padding is masked
+by the attention mask, not by token id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
+from llm_engineering.data.sources import to_prompt_completion
+from llm_engineering.model.adapter import prepare_for_training, save_adapter
+from llm_engineering.model.loading import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    first_train_loss: float
+    final_train_loss: float
+    eval_loss: Optional[float]
+    steps: int
+    train_seconds: float
+    train_tokens: int
+    tokens_per_second: float
+    peak_memory_bytes: int
+    log_history: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {
+            "train_loss_first": self.first_train_loss,
+            "train_loss_final": self.final_train_loss,
+            "train_steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "train_tokens": self.train_tokens,
+            "train_tokens_per_second": self.tokens_per_second,
+            "train_peak_memory_gib": self.peak_memory_bytes / 2**30,
+        }
+        if self.eval_loss is not None:
+            metrics["eval_loss"] = self.eval_loss
+            metrics["eval_perplexity"] = math.exp(min(self.eval_loss, 50.0))
+        return metrics
+
+
+def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, bool]:
+    """(bf16, fp16) for the Trainer. "auto": bf16 where the hardware has it (CUDA bf16, or any CPU via autocast)."""
+    if cfg.mixed_precision == "auto":
+        if torch.cuda.is_available():
+            return (torch.cuda.is_bf16_supported(), not torch.cuda.is_bf16_supported())
+        return (True, False)
+    return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
+
+
+def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig, output_dir: str):
+    from trl import SFTConfig
+
+    bf16, fp16 = mixed_precision(cfg, model_cfg)
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of max_steps
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="no",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=adapter_cfg.gradient_checkpointing,
+        completion_only_loss=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],  # metrics reach MLflow through the callbacks the caller passes
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, output_dir, callbacks=None):
+    """TRL SFTTrainer over prompt/completion rows (TRL tokenizes with the chat template and masks the prompt)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    return SFTTrainer(
+        model=model,
+        args=sft_config(cfg, adapter_cfg, model_cfg, str(output_dir)),
+        train_dataset=Dataset.from_dict(to_prompt_completion(train_rows)),
+        eval_dataset=Dataset.from_dict(to_prompt_completion(eval_rows)),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+
+
+def train_adapter(
+    model_cfg: ModelConfig,
+    adapter_cfg: AdapterConfig,
+    cfg: TrainConfig,
+    initial_adapter: Path,
+    train_rows: list[dict],
+    eval_rows: list[dict],
+    output_dir: Path,
+    callbacks: Optional[list] = None,
+) -> TrainResult:
+    """Load the base as configured, attach the initial adapter, train it, save the trained adapter in `output_dir`."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(model_cfg)
+    model = prepare_for_training(load_model(model_cfg), adapter_cfg)
+    model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
+
+    with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
+        trainer = build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, scratch, callbacks)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        eval_metrics = trainer.evaluate()
+
+    save_adapter(trainer.model, output_dir)
+    history = trainer.state.log_history
+    train_losses = [entry["loss"] for entry in history if "loss" in entry]
+    tokens = int(trainer.state.num_input_tokens_seen)
+    return TrainResult(
+        adapter_dir=output_dir,
+        first_train_loss=float(train_losses[0]) if train_losses else float("nan"),
+        final_train_loss=float(train_losses[-1]) if train_losses else float("nan"),
+        eval_loss=eval_metrics.get("eval_loss"),
+        steps=trainer.state.global_step,
+        train_seconds=round(seconds, 3),
+        train_tokens=tokens,
+        tokens_per_second=tokens / seconds if seconds else 0.0,
+        peak_memory_bytes=peak_memory_bytes(),
+        log_history=history,
+    )
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

@@ -1,0 +1,93 @@
+"""Idempotent local set-up: a ZenML repository, a local stack with an MLflow experiment tracker whose tracking store is a
+SQLite database in the project, and the embedded model converted once.
+
+    python -m llm_engineering.orchestration.stack [--root DIR]
+
+Running it again changes nothing. Tests call `ensure_local_stack` with their own root and ZENML_CONFIG_PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from zenml.client import Client
+from zenml.enums import StackComponentType
+from zenml.exceptions import EntityExistsError
+
+from llm_engineering.model.embedded import embedded_model_dir
+
+logger = logging.getLogger(__name__)
+
+STACK_NAME = "llm_engineering_local"
+TRACKER_NAME = "mlflow_tracker"
+EXPERIMENT_NAME = "finetune"
+
+
+def tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / '.mlflow' / 'mlflow.db').resolve()}"
+
+
+def ensure_mlflow_store(root: Path) -> str:
+    """Create the SQLite tracking DB and our experiment, with artifacts under `.mlflow/artifacts` (not the cwd)."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    artifacts = (root / ".mlflow" / "artifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        client.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts.as_uri())
+    return uri
+
+
+def _ensure_component(client: Client, kind: StackComponentType, name: str, flavor: str, config: dict) -> None:
+    try:
+        existing = client.get_stack_component(kind, name, allow_name_prefix_match=False)
+    except KeyError:
+        existing = None
+    if existing is None:
+        try:
+            client.create_stack_component(name=name, flavor=flavor, component_type=kind, configuration=config)
+        except EntityExistsError:
+            pass
+    elif existing.configuration.get("tracking_uri") != config.get("tracking_uri"):
+        client.update_stack_component(name, kind, configuration=config)
+
+
+def ensure_local_stack(root: Path) -> str:
+    """Set up (or confirm) everything the default pipeline needs under `root`; returns the MLflow tracking URI."""
+    root = root.resolve()
+    if not (root / ".zen").is_dir():
+        Client.initialize(root=root)
+    client = Client()
+    uri = ensure_mlflow_store(root)
+    _ensure_component(client, StackComponentType.EXPERIMENT_TRACKER, TRACKER_NAME, "mlflow", {"tracking_uri": uri})
+    try:
+        client.get_stack(STACK_NAME, allow_name_prefix_match=False)
+    except KeyError:
+        client.create_stack(
+            name=STACK_NAME,
+            components={
+                StackComponentType.ORCHESTRATOR: "default",
+                StackComponentType.ARTIFACT_STORE: "default",
+                StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
+            },
+        )
+    client.activate_stack(STACK_NAME)
+    embedded_model_dir()
+    return uri
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: current directory)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    uri = ensure_local_stack(args.root)
+    print(f"stack '{STACK_NAME}' active; MLflow tracking store: {uri}; embedded model: {embedded_model_dir()}")
+
+
+if __name__ == "__main__":
+    main()

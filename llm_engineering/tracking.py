@@ -1,0 +1,115 @@
+"""MLflow helpers. They log into whatever MLflow run is active (ZenML's MLflow experiment tracker opens one per pipeline
+run) and do nothing when none is, so the library runs the same with or without tracking.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Optional
+
+logger = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000
+SERVING_REQUIREMENTS = ("torch", "transformers", "accelerate", "safetensors")
+
+
+def active_run_id() -> Optional[str]:
+    try:
+        import mlflow
+    except ImportError:
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    if not active_run_id():
+        return
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: Optional[int] = None) -> None:
+    if not active_run_id():
+        return
+    import mlflow
+
+    finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    mlflow.log_metrics(finite, step=step)
+
+
+def log_dict(data: Any, artifact_file: str) -> None:
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_dict(data, artifact_file)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_text(text, artifact_file)
+
+
+def log_table(rows: list[dict], artifact_file: str) -> None:
+    if active_run_id() and rows:
+        import mlflow
+
+        mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, artifact_file)
+
+
+def mlflow_metrics_callback():
+    """A TrainerCallback streaming train/eval loss, learning rate and grad norm to the active MLflow run as they
+    happen (instead of transformers' MLflowCallback, which also logs ~150 TrainingArguments as params)."""
+    from transformers import TrainerCallback
+
+    class MlflowMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                renamed = {("train_" + k if not k.startswith(("eval_", "train_")) else k): v for k, v in logs.items()}
+                log_metrics(renamed, step=state.global_step)
+
+    return MlflowMetrics()
+
+
+def log_and_register_model(export_dir: Path, registered_model_name: Optional[str]) -> Optional[dict[str, Any]]:
+    """Log the exported directory as an MLflow transformers model and register it; returns name/version/uri."""
+    if not active_run_id():
+        return None
+    import mlflow
+
+    model_info = mlflow.transformers.log_model(
+        transformers_model=str(export_dir),
+        name="model",
+        task="text-generation",
+        registered_model_name=registered_model_name,
+        pip_requirements=_pinned(SERVING_REQUIREMENTS),
+    )
+    result = {"model_uri": model_info.model_uri}
+    if registered_model_name:
+        result.update(registered_model_name=registered_model_name, version=str(model_info.registered_model_version))
+    return result
+
+
+def _pinned(packages) -> list[str]:
+    pins = []
+    for name in packages:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def log_dataset(dataset, name: str, digest: str, context: str) -> None:
+    """The training rows as an MLflow dataset input of the run (lineage: which data, by content fingerprint)."""
+    if not active_run_id():
+        return
+    import mlflow
+
+    mlflow.log_input(mlflow.data.from_pandas(dataset.to_pandas(), name=name, digest=digest[:32]), context=context)

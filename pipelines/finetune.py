@@ -1,0 +1,55 @@
+"""The fine-tuning DAG: load dataset -> load base model -> inject adapter -> SFT -> merge -> export.
+
+    zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
+
+The whole parameter tree (`parameters.config` in the YAML) is validated here, when ZenML compiles the pipeline, so a
+bad key stops the run before any step starts. Each step gets only its own section: changing training hyperparameters
+leaves the dataset, model and adapter-injection steps cached.
+"""
+
+from pathlib import Path
+from typing import Any, Optional
+
+from zenml import pipeline
+
+from llm_engineering.config import load_run_config
+from llm_engineering.model.export import check_target
+from steps.export_model import export_model
+from steps.inject_adapter import inject_adapter
+from steps.load_base_model import load_base_model
+from steps.load_dataset import load_dataset
+from steps.merge_adapter import merge_adapter
+from steps.train_sft import train_sft
+
+
+@pipeline(name="finetune")
+def finetune(config: Optional[dict[str, Any]] = None) -> None:
+    cfg = load_run_config(config)
+    check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
+
+    train_dataset, eval_dataset, data_summary = load_dataset(data=cfg.data)
+    base_model = load_base_model(model=cfg.model)
+    initial_adapter = inject_adapter(base_model=base_model, adapter=cfg.adapter)
+    trained_adapter, training_metrics = train_sft(
+        base_model=base_model,
+        initial_adapter=initial_adapter,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_summary=data_summary,
+        adapter=cfg.adapter,
+        train=cfg.train,
+    )
+    merged_model, merge_report = merge_adapter(
+        base_model=base_model, trained_adapter=trained_adapter, eval_dataset=eval_dataset, merge_config=cfg.merge
+    )
+    export_model(
+        merged_model=merged_model,
+        base_model=base_model,
+        eval_dataset=eval_dataset,
+        data_summary=data_summary,
+        training_metrics=training_metrics,
+        merge_report=merge_report,
+        export=cfg.export,
+        evaluation=cfg.eval,
+        run_config=cfg.model_dump(mode="json"),
+    )

@@ -1,0 +1,56 @@
+from pathlib import Path
+from typing import Annotated, Any, Tuple
+
+from datasets import Dataset
+from zenml import log_metadata, step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering import tracking
+from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
+from llm_engineering.evaluation import evaluate_checkpoint
+from llm_engineering.model.export import load_exported, model_card, verify_export, write_export
+from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
+
+
+@step(experiment_tracker=True, enable_cache=False)
+def export_model(
+    merged_model: CheckpointDir,
+    base_model: BaseModelRef,
+    eval_dataset: Dataset,
+    data_summary: dict[str, Any],
+    training_metrics: dict[str, float],
+    merge_report: dict[str, Any],
+    export: ExportConfig,
+    evaluation: EvalConfig,
+    run_config: dict[str, Any],
+) -> Tuple[Annotated[str, "export_dir"], Annotated[dict[str, Any], "evaluation_metrics"]]:
+    """Score base vs fine-tuned, write the servable directory atomically, verify it reloads, register it in MLflow."""
+    config = RunConfig.model_validate(run_config)
+    rows = eval_dataset.to_list()
+    base = evaluate_checkpoint(
+        lambda: (load_model(base_model.config, quantize=False, dtype=config.merge.dtype), load_tokenizer(base_model.config)),
+        rows, evaluation,
+    )
+    tuned = evaluate_checkpoint(lambda: load_exported(merged_model.path), rows, evaluation)
+    metrics = {**base.metrics("base"), **tuned.metrics("finetuned"), **training_metrics}
+    metrics.update({f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))})
+
+    tokenizer = load_tokenizer(base_model.config)
+    card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
+    out = write_export(merged_model.path, Path(export.output_dir), tokenizer, card, export.overwrite)
+    verify_export(out, rows[0], expected=tuned.samples[0].output, max_new_tokens=evaluation.max_new_tokens)
+
+    tracking.log_params(flatten(config))
+    tracking.log_metrics({**base.metrics("base"), **tuned.metrics("finetuned")})
+    tracking.log_text(card, "model_card.md")
+    tracking.log_dict(run_config, "run_config.yaml")
+    tracking.log_table(
+        [{"prompt": b.prompt, "reference": b.reference, "base_output": b.output, "finetuned_output": t.output}
+         for b, t in zip(base.samples, tuned.samples)],
+        "eval_samples.json",
+    )
+    registered = tracking.log_and_register_model(out, export.registered_model_name) or {}
+    summary = {"export_dir": str(out.resolve()), **metrics, **registered}
+    log_metadata(metadata=summary)
+    return str(out.resolve()), summary

@@ -1,0 +1,27 @@
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.config import AdapterConfig
+from llm_engineering.model.adapter import inject_adapter as inject, save_adapter
+from llm_engineering.model.loading import BaseModelRef, load_model
+
+
+@step
+def inject_adapter(base_model: BaseModelRef, adapter: AdapterConfig) -> Annotated[CheckpointDir, "initial_adapter"]:
+    """Wrap the base in a LoRA adapter (targets checked against the real model) and save its initial weights."""
+    peft_model, stats = inject(load_model(base_model.config), adapter)
+    log_metadata(metadata={
+        "trainable_parameters": stats.trainable_parameters,
+        "total_parameters": stats.total_parameters,
+        "trainable_percent": round(stats.trainable_percent, 4),
+        "target_modules": stats.target_modules,
+        "lora_modules": stats.lora_module_count,
+    })
+    out = Path(tempfile.mkdtemp(prefix="initial-adapter-"))
+    save_adapter(peft_model, out)
+    return CheckpointDir(out, temporary=True)

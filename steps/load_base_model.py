@@ -1,0 +1,23 @@
+from typing import Annotated
+
+from zenml import log_metadata, step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.config import ModelConfig
+from llm_engineering.model.loading import BaseModelRef, load_base
+
+
+@step
+def load_base_model(model: ModelConfig) -> Annotated[BaseModelRef, "base_model"]:
+    """Load the base model as configured (quantized or not) and hand on a reference, not the weights."""
+    _, _, ref = load_base(model)
+    log_metadata(metadata={
+        "model": ref.display_name,
+        "parameters": ref.num_parameters,
+        "dtype": model.dtype,
+        "quantization": model.quantization.model_dump(),
+        "memory_footprint_mib": round(ref.footprint_bytes / 2**20, 2),
+        "load_seconds": ref.load_seconds,
+        "weights_sha256": ref.weights_sha256 or "",
+    })
+    return ref

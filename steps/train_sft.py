@@ -1,0 +1,37 @@
+import tempfile
+from pathlib import Path
+from typing import Annotated, Tuple
+
+from datasets import Dataset
+from zenml import log_metadata, step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering import tracking
+from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.config import AdapterConfig, TrainConfig
+from llm_engineering.model.loading import BaseModelRef
+from llm_engineering.model.training import train_adapter
+
+
+@step(experiment_tracker=True)
+def train_sft(
+    base_model: BaseModelRef,
+    initial_adapter: CheckpointDir,
+    train_dataset: Dataset,
+    eval_dataset: Dataset,
+    data_summary: dict,
+    adapter: AdapterConfig,
+    train: TrainConfig,
+) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[dict[str, float], "training_metrics"]]:
+    """TRL SFT of the adapter; loss curves stream to MLflow, the trained adapter is the output."""
+    tracking.log_dataset(train_dataset, name="train", digest=data_summary["fingerprint"], context="training")
+    out = Path(tempfile.mkdtemp(prefix="trained-adapter-"))
+    result = train_adapter(
+        base_model.config, adapter, train, initial_adapter.path,
+        train_dataset.to_list(), eval_dataset.to_list(), out,
+        callbacks=[tracking.mlflow_metrics_callback()],
+    )
+    metrics = result.metrics()
+    tracking.log_metrics(metrics)
+    log_metadata(metadata=metrics)
+    return CheckpointDir(out, temporary=True), metrics

@@ -1,0 +1,165 @@
+"""Library tests on a tiny random-init Llama (real SmolLM2 tokenizer): loading, bitsandbytes 4-bit on CPU, adapter
+injection, SFT, merge fidelity and export."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_engineering.config import AdapterConfig, EvalConfig, MergeConfig, TrainConfig
+from llm_engineering.data.sources import load_split
+from llm_engineering.evaluation import evaluate_checkpoint
+from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, save_adapter
+from llm_engineering.model.export import ExportError, load_exported, model_card, verify_export, write_export
+from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
+from llm_engineering.model.merge import MergeFidelityError, merge_adapter
+from llm_engineering.model.training import build_trainer, train_adapter
+
+FAST_TRAIN = TrainConfig(learning_rate=5e-3, max_steps=8, per_device_batch_size=4, logging_steps=1, eval_steps=8,
+                         max_length=128, mixed_precision="no")
+
+
+def test_4bit_load_on_cpu_quantizes_the_linear_layers(tiny_qlora_cfg, tiny_model_cfg):
+    import bitsandbytes as bnb
+
+    model, tokenizer, ref = load_base(tiny_qlora_cfg)
+    assert model.is_loaded_in_4bit
+    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 2 * 7  # q,k,v,o,gate,up,down in each of the 2 layers; lm_head stays unquantized
+    full = load_base(tiny_model_cfg)[2]
+    assert ref.footprint_bytes < full.footprint_bytes
+    assert ref.num_parameters > 0 and len(ref.weights_sha256) == 64
+    assert tokenizer.chat_template
+
+
+def test_missing_checkpoint_and_pickle_only_checkpoint_are_refused(tmp_path, tiny_model_cfg):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(tiny_model_cfg.model_copy(update={"name_or_path": str(tmp_path / "missing")}))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
+        load_model(tiny_model_cfg.model_copy(update={"name_or_path": str(tmp_path)}))
+
+
+def test_target_module_that_matches_nothing_lists_the_real_ones(tiny_model_cfg):
+    model = load_model(tiny_model_cfg)
+    with pytest.raises(AdapterConfigError) as err:
+        inject_adapter(model, AdapterConfig(target_modules=["q_proj", "query_key_value"]))
+    assert "['query_key_value'] match no linear module" in str(err.value)
+    assert "'down_proj'" in str(err.value) and "'q_proj'" in str(err.value)
+
+
+def test_trainable_parameters_are_counted_exactly(tiny_model_cfg, lora_cfg):
+    _, stats = inject_adapter(load_model(tiny_model_cfg), lora_cfg)
+    r, h, kv, inter = 4, 64, 32, 128  # tiny Llama: hidden 64, 2 kv heads x 16 dims, intermediate 128
+    per_layer = r * ((h + h) + 2 * (h + kv) + (h + h) + 2 * (h + inter) + (inter + h))
+    assert stats.trainable_parameters == 2 * per_layer
+    assert stats.target_modules == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+
+
+def test_labels_cover_the_completion_and_its_eos_but_not_padding(tiny_model_cfg, lora_cfg, small_data_cfg, tmp_path):
+    tokenizer = load_tokenizer(tiny_model_cfg)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the case where EOS is often never learned
+    split = load_split(small_data_cfg)
+    model, _ = inject_adapter(load_model(tiny_model_cfg), lora_cfg)
+    trainer = build_trainer(model, tokenizer, tiny_model_cfg, lora_cfg, FAST_TRAIN, split.train, split.eval, tmp_path)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+    for i in range(4):
+        labels = batch["labels"][i]
+        trained = labels[labels != -100].tolist()
+        answer = split.train[i]["messages"][-1]["content"]
+        assert tokenizer.decode(trained) == answer + "<|im_end|>\n"
+        assert trained.count(tokenizer.eos_token_id) == 1  # its own EOS is trained; pad (same id) is not
+    assert (batch["attention_mask"] == 0).any(), "the batch should contain padding for this check to mean anything"
+
+
+@pytest.fixture(scope="module")
+def trained_qlora(tmp_path_factory, tiny_model_dir):
+    from llm_engineering.config import ModelConfig, QuantizationConfig
+
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
+    adapter_cfg = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    split = load_split(load_split.__globals__["DataConfig"](num_rows=48, eval_rows=8))
+    root = tmp_path_factory.mktemp("qlora")
+    peft_model, _ = inject_adapter(load_model(model_cfg), adapter_cfg)
+    save_adapter(peft_model, root / "initial")
+    result = train_adapter(model_cfg, adapter_cfg, FAST_TRAIN, root / "initial", split.train, split.eval, root / "trained")
+    return model_cfg, split, result
+
+
+def test_sft_lowers_the_loss_and_saves_a_safetensors_adapter(trained_qlora):
+    _, _, result = trained_qlora
+    assert result.steps == FAST_TRAIN.max_steps
+    assert result.final_train_loss < result.first_train_loss
+    assert result.train_tokens > 0 and result.tokens_per_second > 0
+    assert {p.name for p in result.adapter_dir.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+
+@pytest.mark.parametrize("base_weights", ["dequantized", "original"])
+def test_qlora_merge_is_faithful_in_fp32(trained_qlora, tmp_path, base_weights):
+    model_cfg, split, result = trained_qlora
+    cfg = MergeConfig(base_weights=base_weights, dtype="float32")
+    report = merge_adapter(model_cfg, cfg, result.adapter_dir, split.eval, tmp_path)
+    assert report.max_abs_logit_diff <= 1e-4 and report.top1_agreement == 1.0
+    merged = load_exported(tmp_path)[0]
+    assert not hasattr(merged.config, "quantization_config")  # a plain full-precision checkpoint
+
+
+def test_dequantized_merge_folds_the_adapter_into_the_nf4_round_tripped_weights(trained_qlora, tmp_path):
+    import bitsandbytes as bnb
+
+    model_cfg, split, result = trained_qlora
+    merge_adapter(model_cfg, MergeConfig(base_weights="dequantized", dtype="float32"), result.adapter_dir,
+                  split.eval, tmp_path)
+    merged = load_file(tmp_path / "model.safetensors")["model.layers.0.self_attn.q_proj.weight"]
+    adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
+    # TRL keeps QLoRA adapter weights in bf16 (the QLoRA recipe); the merge upcasts them to fp32.
+    a = adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].float()
+    b = adapter["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].float()
+    q4 = load_model(model_cfg).model.layers[0].self_attn.q_proj.weight
+    dequantized = bnb.functional.dequantize_4bit(q4.data, q4.quant_state).float()
+    torch.testing.assert_close(merged, dequantized + (8 / 4) * b @ a, atol=1e-6, rtol=0)
+    original = load_model(model_cfg, quantize=False).model.layers[0].self_attn.q_proj.weight
+    assert (merged - (original + 2 * b @ a)).abs().max() > 1e-4  # the round trip is real, not a no-op
+
+
+def test_merge_fails_above_the_fidelity_threshold_and_writes_nothing(trained_qlora, tmp_path):
+    model_cfg, split, result = trained_qlora
+    with pytest.raises(MergeFidelityError, match="nothing was exported"):
+        merge_adapter(model_cfg, MergeConfig(max_logit_diff=1e-12), result.adapter_dir, split.eval, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_is_complete_reloadable_and_atomic(trained_qlora, tmp_path):
+    model_cfg, split, result = trained_qlora
+    merged_dir = tmp_path / "merged"
+    merge_adapter(model_cfg, MergeConfig(dtype="float32"), result.adapter_dir, split.eval, merged_dir)
+    tokenizer = load_tokenizer(model_cfg)
+    card = model_card("tiny", {"fingerprint": "abc"}, {"adapter": {"r": 4}}, {"finetuned_json_exact_match": 1.0})
+    out = write_export(merged_dir, tmp_path / "export", tokenizer, card, overwrite=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "README.md"} <= names
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id == generation["pad_token_id"]
+    assert "| finetuned_json_exact_match | 1 |" in (out / "README.md").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial directories left
+
+    expected = evaluate_checkpoint(lambda: load_exported(merged_dir), split.eval[:1],
+                                   EvalConfig(max_new_tokens=8)).samples[0].output
+    verify_export(out, split.eval[0], expected, max_new_tokens=8)
+    with pytest.raises(ExportError, match="already exists and export.overwrite is false"):
+        write_export(merged_dir, out, tokenizer, card, overwrite=False)
+
+
+def test_embedded_model_is_a_real_pretrained_instruct_model():
+    from llm_engineering.config import ModelConfig
+    from llm_engineering.evaluation import generate
+
+    cfg = ModelConfig(source="embedded", dtype="float32")
+    model, tokenizer = load_model(cfg, quantize=False), load_tokenizer(cfg)
+    [(answer, stopped)] = generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
+                                   max_new_tokens=20, batch_size=1)
+    assert "Paris" in answer and stopped
