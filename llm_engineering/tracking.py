@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
@@ -38,7 +37,8 @@ def log_metrics(metrics: dict[str, float], step: Optional[int] = None) -> None:
         return
     import mlflow
 
-    finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    finite = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     mlflow.log_metrics(finite, step=step)
 
 
@@ -71,20 +71,26 @@ def mlflow_metrics_callback():
     class MlflowMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
+                logs = dict(logs)
+                if "train_runtime" in logs:  # the end-of-training summary: its loss is the mean over all steps
+                    logs["train_loss_mean"] = logs.pop("train_loss", None)
                 renamed = {("train_" + k if not k.startswith(("eval_", "train_")) else k): v for k, v in logs.items()}
                 log_metrics(renamed, step=state.global_step)
 
     return MlflowMetrics()
 
 
-def log_and_register_model(export_dir: Path, registered_model_name: Optional[str]) -> Optional[dict[str, Any]]:
-    """Log the exported directory as an MLflow transformers model and register it; returns name/version/uri."""
+def log_and_register_model(model, tokenizer, registered_model_name: Optional[str]) -> Optional[dict[str, Any]]:
+    """Log the exported model as an MLflow transformers model (servable with `mlflow models serve`) and register it.
+
+    The in-memory components are passed, not the directory: MLflow 3.17's local-checkpoint path breaks on
+    transformers 5's pipeline registry."""
     if not active_run_id():
         return None
     import mlflow
 
     model_info = mlflow.transformers.log_model(
-        transformers_model=str(export_dir),
+        transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
         task="text-generation",
         registered_model_name=registered_model_name,

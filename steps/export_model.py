@@ -39,10 +39,10 @@ def export_model(
     tokenizer = load_tokenizer(base_model.config)
     card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
     out = write_export(merged_model.path, Path(export.output_dir), tokenizer, card, export.overwrite)
-    verify_export(out, rows[0], expected=tuned.samples[0].output, max_new_tokens=evaluation.max_new_tokens)
+    exported, exported_tokenizer = verify_export(out, rows[0], tuned.samples[0].output, evaluation.max_new_tokens)
 
     tracking.log_params(flatten(config))
-    tracking.log_metrics({**base.metrics("base"), **tuned.metrics("finetuned")})
+    tracking.log_metrics(metrics)  # all of them, so a run whose earlier steps were cached is complete too
     tracking.log_text(card, "model_card.md")
     tracking.log_dict(run_config, "run_config.yaml")
     tracking.log_table(
@@ -50,7 +50,7 @@ def export_model(
          for b, t in zip(base.samples, tuned.samples)],
         "eval_samples.json",
     )
-    registered = tracking.log_and_register_model(out, export.registered_model_name) or {}
+    registered = tracking.log_and_register_model(exported, exported_tokenizer, export.registered_model_name) or {}
     summary = {"export_dir": str(out.resolve()), **metrics, **registered}
     log_metadata(metadata=summary)
     return str(out.resolve()), summary

@@ -32,6 +32,5 @@ def train_sft(
         callbacks=[tracking.mlflow_metrics_callback()],
     )
     metrics = result.metrics()
-    tracking.log_metrics(metrics)
     log_metadata(metadata=metrics)
     return CheckpointDir(out, temporary=True), metrics

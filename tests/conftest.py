@@ -1,7 +1,10 @@
 """Shared fixtures: offline mode, and a tiny random-init Llama with the real SmolLM2 tokenizer (seconds to train)."""
 
 import os
+import tempfile
 
+# One throw-away ZenML store for the whole session, set before anything imports zenml (its config is a singleton).
+os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="zenml-config-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")

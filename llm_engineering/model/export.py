@@ -118,11 +118,13 @@ def load_exported(output_dir: Path):
     return model, tokenizer
 
 
-def verify_export(output_dir: Path, row: dict, expected: str, max_new_tokens: int) -> None:
-    """Reload the export with plain transformers and check it reproduces the merged model's greedy answer."""
+def verify_export(output_dir: Path, row: dict, expected: str, max_new_tokens: int):
+    """Reload the export with plain transformers and check it reproduces the merged model's greedy answer.
+    Returns the reloaded (model, tokenizer)."""
     from llm_engineering.evaluation import generate
 
     model, tokenizer = load_exported(output_dir)
     [(text, _)] = generate(model, tokenizer, [row["messages"][:-1]], max_new_tokens, batch_size=1)
     if text != expected:
         raise ExportError(f"{output_dir}: reloaded export answers {text!r}, the merged model answered {expected!r}")
+    return model, tokenizer

@@ -1,0 +1,34 @@
+"""The real default run, end to end: `zenml pipeline run` with configs/default.yaml on the embedded SmolLM2-135M
+(QLoRA NF4 on this CPU), in an isolated repo. Minutes, not seconds: marked slow."""
+
+import json
+
+import mlflow
+import pytest
+
+from llm_engineering.evaluation import generate
+from llm_engineering.model.export import load_exported
+from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo
+
+
+@pytest.mark.slow
+def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path):
+    uri = setup_repo(tmp_path)
+    done = run_pipeline(tmp_path, PROJECT / "configs" / "default.yaml", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    metrics = run.data.metrics
+    print({k: v for k, v in metrics.items() if k.startswith(("base_", "finetuned_", "merge_", "train_tok"))})
+    assert metrics["finetuned_json_exact_match"] >= 0.9 > metrics["base_json_exact_match"] + 0.5
+    assert metrics["finetuned_stop_rate"] == 1.0  # EOS learned: every eval generation ended by itself
+    assert metrics["merge_max_abs_logit_diff"] <= 1e-3
+    assert client.search_model_versions("name='smollm2-booking'")
+
+    model, tokenizer = load_exported(tmp_path / "outputs" / "smollm2-booking")
+    request = "Book a table for two at Casa Verde on Friday at 19:30 under the name Lee."
+    [(answer, stopped)] = generate(model, tokenizer, [[
+        {"role": "system", "content": "Extract the booking as JSON with keys name, party_size, restaurant, day, time."},
+        {"role": "user", "content": request}]], max_new_tokens=64, batch_size=1)
+    assert stopped and json.loads(answer)["restaurant"] == "Casa Verde"

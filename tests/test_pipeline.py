@@ -1,0 +1,111 @@
+"""Integration: the six-step pipeline through real ZenML (local orchestrator, SQL store) and real MLflow (SQLite
+tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
+
+import mlflow
+import pytest
+from zenml.client import Client
+from zenml.enums import ExecutionStatus
+
+from llm_engineering.model.export import load_exported
+from tests.pipeline_helpers import run_pipeline, setup_repo, write_config
+
+STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"]
+
+
+def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
+    return {
+        "data": {"num_rows": 40, "eval_rows": 4},
+        "model": {"source": "local", "name_or_path": str(tiny_model_dir), "dtype": "float32",
+                  "quantization": {"method": "4bit", "compute_dtype": "float32"}},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"learning_rate": learning_rate, "max_steps": 4, "per_device_batch_size": 4, "logging_steps": 1,
+                  "eval_steps": 4, "max_length": 128, "mixed_precision": "no"},
+        "merge": {"dtype": "float32", "max_logit_diff": 1e-4},
+        "export": {"output_dir": "outputs/tiny", "registered_model_name": "tiny-booking"},
+        "eval": {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4},
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("repo")
+    uri = setup_repo(root)
+    config = write_config(root / "tiny.yaml", tiny_parameters(tiny_model_dir))
+    first = run_pipeline(root, config)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    return root, uri
+
+
+def latest_run():
+    return Client().get_pipeline("finetune").last_run
+
+
+def test_all_six_steps_ran_with_named_outputs_and_metadata(repo, monkeypatch):
+    monkeypatch.chdir(repo[0])
+    run = latest_run()
+    assert run.status == ExecutionStatus.COMPLETED
+    assert sorted(run.steps) == sorted(STEPS)
+    assert set(run.steps["load_dataset"].outputs) == {"train_dataset", "eval_dataset", "data_summary"}
+    assert set(run.steps["train_sft"].outputs) == {"trained_adapter", "training_metrics"}
+    dataset_meta = run.steps["load_dataset"].run_metadata
+    assert (dataset_meta["train_rows"], dataset_meta["eval_rows"]) == (36, 4)
+    assert len(dataset_meta["fingerprint"]) == 64
+    adapter_meta = run.steps["inject_adapter"].run_metadata
+    assert 0 < adapter_meta["trainable_parameters"] < adapter_meta["total_parameters"]
+    assert run.steps["load_base_model"].run_metadata["quantization"]["method"] == "4bit"
+    assert run.steps["merge_adapter"].run_metadata["merge_max_abs_logit_diff"] <= 1e-4
+    # the dataset is an HF dataset in Arrow, not a pickle
+    assert "huggingface" in run.steps["load_dataset"].outputs["train_dataset"][0].materializer.module
+
+
+def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monkeypatch):
+    monkeypatch.chdir(repo[0])
+    client = mlflow.MlflowClient(tracking_uri=repo[1])
+    experiment = client.get_experiment_by_name("finetune")
+    [mlflow_run] = client.search_runs([experiment.experiment_id], f'tags.mlflow.runName = "{latest_run().name}"')
+    params, metrics = mlflow_run.data.params, mlflow_run.data.metrics
+    assert params["adapter.r"] == "4" and params["model.quantization.method"] == "4bit"
+    for name in ["train_loss", "train_learning_rate", "train_grad_norm", "eval_loss", "train_tokens_per_second",
+                 "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff"]:
+        assert name in metrics, name
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # one point per step
+    artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
+    assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
+    assert mlflow_run.inputs.dataset_inputs[0].dataset.digest
+    [version] = client.search_model_versions("name='tiny-booking'")
+    assert version.run_id == mlflow_run.info.run_id
+
+
+def test_the_export_loads_with_plain_transformers_and_generates(repo):
+    export_dir = repo[0] / "outputs" / "tiny"
+    assert (export_dir / "README.md").read_text().startswith("---\nbase_model:")
+    model, tokenizer = load_exported(export_dir)
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, tiny_model_dir, monkeypatch):
+    root, _ = repo
+    config = write_config(root / "tiny-lr.yaml", tiny_parameters(tiny_model_dir, learning_rate=1e-3))
+    second = run_pipeline(root, config)
+    assert second.returncode == 0, second.stderr[-5000:]
+    monkeypatch.chdir(root)
+    steps = latest_run().steps
+    assert {name: steps[name].status for name in STEPS[:3]} == {name: ExecutionStatus.CACHED for name in STEPS[:3]}
+    assert steps["train_sft"].status == ExecutionStatus.COMPLETED
+
+
+def test_a_bad_config_fails_before_any_step_runs(repo, tiny_model_dir, monkeypatch):
+    root, _ = repo
+    monkeypatch.chdir(root)
+    runs_before = len(Client().list_pipeline_runs(size=100))
+    parameters = tiny_parameters(tiny_model_dir)
+    parameters["adapter"]["rank"] = 8
+    parameters["train"]["max_steps"] = 0
+    failed = run_pipeline(root, write_config(root / "bad.yaml", parameters))
+    assert failed.returncode != 0
+    output = failed.stdout + failed.stderr
+    assert "adapter.rank: unknown key" in output and "train.max_steps = 0" in output
+    assert len(Client().list_pipeline_runs(size=100)) == runs_before
