@@ -94,7 +94,8 @@ class TrainConfig(_Section):
     """TRL SFT hyperparameters. Changing only these reuses the cached dataset and model steps."""
 
     learning_rate: float = Field(2e-4, gt=0)
-    max_steps: int = Field(60, gt=0)
+    max_steps: Optional[int] = Field(60, gt=0, description="optimizer steps; null to train for num_epochs instead")
+    num_epochs: float = Field(1.0, gt=0, description="passes over the training rows when max_steps is null")
     per_device_batch_size: int = Field(8, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"

@@ -109,3 +109,12 @@ def test_a_bad_config_fails_before_any_step_runs(repo, tiny_model_dir, monkeypat
     output = failed.stdout + failed.stderr
     assert "adapter.rank: unknown key" in output and "train.max_steps = 0" in output
     assert len(Client().list_pipeline_runs(size=100)) == runs_before
+
+
+def test_setup_is_idempotent(repo, monkeypatch):
+    root, uri = repo
+    assert setup_repo(root) == uri  # a second set-up succeeds and changes nothing
+    monkeypatch.chdir(root)
+    client = Client()
+    assert client.active_stack_model.name == "llm_engineering_local"
+    assert [c.name for c in client.list_stack_components(type="experiment_tracker")] == ["mlflow_tracker"]

@@ -69,7 +69,8 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
     bf16, fp16 = mixed_precision(cfg, model_cfg)
     return SFTConfig(
         output_dir=output_dir,
-        max_steps=cfg.max_steps,
+        max_steps=cfg.max_steps or -1,  # -1: transformers' "use num_train_epochs"
+        num_train_epochs=cfg.num_epochs,
         per_device_train_batch_size=cfg.per_device_batch_size,
         per_device_eval_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
