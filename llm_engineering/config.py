@@ -7,6 +7,7 @@ what is allowed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -72,6 +73,9 @@ class ModelConfig(_Section):
         return self
 
 
+TARGET_PRESETS = ("all-linear", "all", "attention", "mlp")
+
+
 class AdapterConfig(_Section):
     """PEFT LoRA settings. Defaults follow FastChat's LoraArguments."""
 
@@ -79,14 +83,32 @@ class AdapterConfig(_Section):
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: Union[Literal["all-linear"], list[str]] = ["q_proj", "v_proj"]
+    # A list of module names, a preset (all-linear = all, attention, mlp), or one regex matched against full names.
+    target_modules: Union[list[str], str] = ["q_proj", "v_proj"]
+    modules_to_save: Optional[list[str]] = Field(None, description="modules trained in full and saved (e.g. lm_head)")
+    layers_to_transform: Optional[list[int]] = Field(None, description="only these layer indices get adapters")
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: Literal["default", "gaussian"] = "default"
     gradient_checkpointing: bool = False
     seed: int = 42
 
     @model_validator(mode="after")
-    def _targets_not_empty(self) -> "AdapterConfig":
+    def _targets_are_usable(self) -> "AdapterConfig":
         if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("target_modules must name at least one module (or be 'all-linear')")
+            raise ValueError("target_modules must name at least one module (or be a preset: all-linear, attention, mlp)")
+        if isinstance(self.target_modules, str) and self.target_modules not in TARGET_PRESETS:
+            try:
+                re.compile(self.target_modules)
+            except re.error as exc:
+                raise ValueError(f"target_modules {self.target_modules!r} is neither a preset {TARGET_PRESETS} "
+                                 f"nor a valid regex: {exc}") from None
+        if self.layers_to_transform is not None and (not self.layers_to_transform or min(self.layers_to_transform) < 0):
+            raise ValueError("layers_to_transform must list layer indices >= 0")
+        is_regex = isinstance(self.target_modules, str) and self.target_modules not in TARGET_PRESETS
+        if is_regex and self.layers_to_transform is not None:
+            raise ValueError("layers_to_transform cannot be combined with a regex target_modules (put the layers "
+                             "in the regex instead)")
         return self
 
 

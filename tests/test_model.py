@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm_engineering.config import AdapterConfig, EvalConfig, MergeConfig, TrainConfig
+from llm_engineering.config import AdapterConfig, DataConfig, EvalConfig, MergeConfig, TrainConfig
 from llm_engineering.data.sources import load_split
 from llm_engineering.evaluation import evaluate_checkpoint
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, save_adapter
@@ -82,7 +82,7 @@ def trained_qlora(tmp_path_factory, tiny_model_dir):
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
     adapter_cfg = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    split = load_split(load_split.__globals__["DataConfig"](num_rows=48, eval_rows=8))
+    split = load_split(DataConfig(num_rows=48, eval_rows=8))
     root = tmp_path_factory.mktemp("qlora")
     peft_model, _ = inject_adapter(load_model(model_cfg), adapter_cfg)
     save_adapter(peft_model, root / "initial")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import torch
 
@@ -27,27 +28,66 @@ class AdapterStats:
         return 100.0 * self.trainable_parameters / self.total_parameters
 
 
-def linear_module_names(model) -> list[str]:
-    """Distinct leaf names of the model's linear layers (what `target_modules` is matched against)."""
+PRESET_PATTERNS = {  # model-agnostic: judged by the block a linear layer sits in, not by model family
+    "attention": re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)", re.IGNORECASE),
+    "mlp": re.compile(r"(^|\.)(mlp|feed_forward|ffn|ffw)(\.|$)", re.IGNORECASE),
+}
+
+
+def linear_modules(model) -> list[str]:
+    """Full names of the model's linear layers, output head excluded (what LoRA can target)."""
     import bitsandbytes as bnb  # noqa: F401  (import registers bnb's Linear4bit/Linear8bitLt, subclasses of Linear)
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    return sorted(names)
+    output = model.get_output_embeddings()
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not output]
 
 
-def check_target_modules(model, cfg: AdapterConfig) -> None:
-    if cfg.target_modules == "all-linear":
-        return
-    available = linear_module_names(model)
-    unknown = [t for t in cfg.target_modules if not any(re.fullmatch(t, name) for name in available)]
+def linear_module_names(model) -> list[str]:
+    """Distinct leaf names of the model's linear layers (what a `target_modules` list is matched against)."""
+    return sorted({name.rsplit(".", 1)[-1] for name in linear_modules(model)})
+
+
+def _matches_suffix(name: str, key: str) -> bool:
+    return name == key or name.endswith("." + key)
+
+
+def resolve_target_modules(model, cfg: AdapterConfig) -> Union[str, list[str]]:
+    """What to hand PEFT as `target_modules`, after checking that every requested target exists in this model."""
+    targets = cfg.target_modules
+    linear = linear_modules(model)
+    if isinstance(targets, str) and targets in ("all-linear", "all"):
+        # PEFT takes layers_to_transform only with a list of names, so spell all-linear out then.
+        return linear_module_names(model) if cfg.layers_to_transform else "all-linear"
+    available = f"its linear modules are {linear_module_names(model)} (or use 'all-linear')"
+    if isinstance(targets, str) and targets in PRESET_PATTERNS:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in linear if PRESET_PATTERNS[targets].search(n.rsplit(".", 1)[0])})
+        if not leaves:
+            raise AdapterConfigError(f"adapter.target_modules: preset '{targets}' matches no linear module; {available}")
+        return leaves
+    if isinstance(targets, str):  # a regex, matched by PEFT against full module names
+        if not any(re.fullmatch(targets, n) for n in linear):
+            raise AdapterConfigError(f"adapter.target_modules: regex {targets!r} matches no linear module; {available}")
+        return targets
+    unknown = [t for t in targets if not any(_matches_suffix(n, t) for n in linear)]
     if unknown:
+        raise AdapterConfigError(f"adapter.target_modules: {unknown} match no linear module of this model; {available}")
+    return list(targets)
+
+
+def check_other_modules(model, cfg: AdapterConfig) -> None:
+    names = [name for name, _ in model.named_modules()]
+    missing = [m for m in cfg.modules_to_save or [] if not any(_matches_suffix(n, m) for n in names)]
+    if missing:
+        raise AdapterConfigError(f"adapter.modules_to_save: {missing} are not modules of this model")
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if cfg.layers_to_transform and layers is not None and max(cfg.layers_to_transform) >= layers:
         raise AdapterConfigError(
-            f"adapter.target_modules: {unknown} match no linear module of this model; "
-            f"its linear modules are {available} (or use 'all-linear')"
+            f"adapter.layers_to_transform: {cfg.layers_to_transform} out of range; the model has layers 0..{layers - 1}"
         )
 
 
-def lora_config(cfg: AdapterConfig):
+def lora_config(cfg: AdapterConfig, target_modules: Union[str, list[str]]):
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -55,7 +95,12 @@ def lora_config(cfg: AdapterConfig):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         bias=cfg.bias,
-        target_modules=cfg.target_modules,
+        target_modules=target_modules,
+        modules_to_save=cfg.modules_to_save,
+        layers_to_transform=cfg.layers_to_transform,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        init_lora_weights=True if cfg.init_lora_weights == "default" else cfg.init_lora_weights,
         task_type=TaskType.CAUSAL_LM,
     )
 
@@ -80,9 +125,10 @@ def inject_adapter(model, cfg: AdapterConfig):
     """The base model wrapped as a trainable PeftModel, and its parameter counts exactly as PEFT reports them."""
     from peft import get_peft_model
 
-    check_target_modules(model, cfg)
+    targets = resolve_target_modules(model, cfg)
+    check_other_modules(model, cfg)
     torch.manual_seed(cfg.seed)  # LoRA A is randomly initialised: same seed, same adapter
-    peft_model = get_peft_model(prepare_for_training(model, cfg), lora_config(cfg))
+    peft_model = get_peft_model(prepare_for_training(model, cfg), lora_config(cfg, targets))
     trainable, total = peft_model.get_nb_trainable_parameters()
     targets = sorted({t.rsplit(".", 1)[-1] for t in peft_model.peft_config["default"].target_modules})
     lora_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))

@@ -1,0 +1,90 @@
+"""Every LoRA option on the tiny Llama: it is accepted, checked against the model, counted as PEFT counts it, trains,
+and merges faithfully (QLoRA base, fp32 merge)."""
+
+import pytest
+
+from llm_engineering.config import AdapterConfig, ConfigError, DataConfig, MergeConfig, TrainConfig, load_run_config
+from llm_engineering.data.sources import load_split
+from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, resolve_target_modules, save_adapter
+from llm_engineering.model.loading import load_model
+from llm_engineering.model.merge import merge_adapter
+from llm_engineering.model.training import train_adapter
+
+H, KV, INTER, LAYERS = 64, 32, 128, 2  # tiny Llama (conftest)
+ATTN = {"q_proj": (H, H), "k_proj": (H, KV), "v_proj": (H, KV), "o_proj": (H, H)}
+MLP = {"gate_proj": (H, INTER), "up_proj": (H, INTER), "down_proj": (INTER, H)}
+
+
+def lora_params(r, modules, layers=LAYERS, dora=False):
+    """LoRA A (r x in) + B (out x r) per module, plus DoRA's magnitude vector (out)."""
+    per_layer = sum(r * (i + o) + (o if dora else 0) for i, o in modules.values())
+    return per_layer * layers
+
+
+OPTIONS = {
+    "fastchat": (dict(r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "v_proj"]),
+                 lora_params(8, {k: ATTN[k] for k in ("q_proj", "v_proj")})),
+    "handbook": (dict(r=32, alpha=32, dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+                 lora_params(32, {**ATTN, **MLP})),
+    "preset_attention": (dict(r=4, target_modules="attention"), lora_params(4, ATTN)),
+    "preset_mlp": (dict(r=4, target_modules="mlp"), lora_params(4, MLP)),
+    "regex": (dict(r=4, target_modules=r".*\.layers\.1\.self_attn\.(q|v)_proj"),
+              lora_params(4, {k: ATTN[k] for k in ("q_proj", "v_proj")}, layers=1)),
+    "layers_to_transform": (dict(r=4, target_modules="all-linear", layers_to_transform=[0]),
+                            lora_params(4, {**ATTN, **MLP}, layers=1)),
+    "rslora": (dict(r=4, alpha=8, target_modules="all-linear", use_rslora=True), lora_params(4, {**ATTN, **MLP})),
+    "dora": (dict(r=4, target_modules=["q_proj", "v_proj"], use_dora=True),
+             lora_params(4, {k: ATTN[k] for k in ("q_proj", "v_proj")}, dora=True)),
+    "gaussian_init_bias_all": (dict(r=4, target_modules="mlp", init_lora_weights="gaussian", bias="all"),
+                               lora_params(4, MLP)),
+}
+TRAIN = TrainConfig(learning_rate=5e-3, max_steps=2, per_device_batch_size=4, logging_steps=1, eval_steps=2,
+                    max_length=128, mixed_precision="no")
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_option_injects_counts_trains_and_merges_faithfully(name, tiny_qlora_cfg, tmp_path):
+    settings, expected_trainable = OPTIONS[name]
+    cfg = AdapterConfig(**settings)
+    peft_model, stats = inject_adapter(load_model(tiny_qlora_cfg), cfg)
+    assert stats.trainable_parameters == expected_trainable
+    assert stats.trainable_parameters == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    save_adapter(peft_model, tmp_path / "initial")
+
+    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    result = train_adapter(tiny_qlora_cfg, cfg, TRAIN, tmp_path / "initial", split.train, split.eval, tmp_path / "ad")
+    report = merge_adapter(tiny_qlora_cfg, MergeConfig(dtype="float32"), tmp_path / "ad", split.eval, tmp_path / "m")
+    assert report.max_abs_logit_diff <= 1e-4 and report.top1_agreement == 1.0
+
+
+def test_modules_to_save_trains_a_full_copy(tiny_model_cfg):
+    model = load_model(tiny_model_cfg)
+    cfg = AdapterConfig(r=4, target_modules=["q_proj"], modules_to_save=["model.norm"])
+    _, stats = inject_adapter(model, cfg)
+    assert stats.trainable_parameters == lora_params(4, {"q_proj": ATTN["q_proj"]}) + H
+
+
+def test_presets_resolve_from_the_model_structure(tiny_model_cfg):
+    model = load_model(tiny_model_cfg)
+    assert resolve_target_modules(model, AdapterConfig(target_modules="attention")) == sorted(ATTN)
+    assert resolve_target_modules(model, AdapterConfig(target_modules="mlp")) == sorted(MLP)
+    assert resolve_target_modules(model, AdapterConfig(target_modules="all")) == "all-linear"
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(target_modules=r"model\.layers\.\d+\.attention\.wq"), "regex .* matches no linear module"),
+    (dict(target_modules=["self_attn.q_proj", "c_attn"]), r"\['c_attn'\] match no linear module"),
+    (dict(modules_to_save=["score"]), r"modules_to_save: \['score'\] are not modules"),
+    (dict(layers_to_transform=[5]), r"out of range; the model has layers 0..1"),
+])
+def test_settings_that_do_not_fit_the_model_are_refused_with_what_it_has(tiny_model_cfg, settings, message):
+    with pytest.raises(AdapterConfigError, match=message):
+        inject_adapter(load_model(tiny_model_cfg), AdapterConfig(**settings))
+
+
+def test_invalid_regex_and_empty_layers_fail_config_validation():
+    with pytest.raises(ConfigError, match="nor a valid regex"):
+        load_run_config({"adapter": {"target_modules": "q_proj("}})
+    with pytest.raises(ConfigError, match="layers_to_transform must list"):
+        load_run_config({"adapter": {"layers_to_transform": []}})
