@@ -55,6 +55,8 @@ class QuantizationConfig(_Section):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Dtype = "bfloat16"
+    # Storage dtype of the packed 4-bit weights: uint8 by default; the compute dtype for FSDP-sharded QLoRA.
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
 
 class ModelConfig(_Section):
@@ -144,6 +146,10 @@ class MergeConfig(_Section):
 class ExportConfig(_Section):
     output_dir: str = "outputs/model"
     overwrite: bool = True
+    max_shard_size: str = Field("5GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$",
+                                description="largest safetensors shard, e.g. 500MB, 5GB")
+    include_adapter: bool = Field(True, description="also export the adapter alone under adapter/")
+    verify_prompts: int = Field(4, gt=0, description="eval prompts whose logits the reloaded export must reproduce")
     registered_model_name: Optional[str] = Field("smollm2-booking", description="MLflow registry name; null: skip")
 
 

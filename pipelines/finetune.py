@@ -44,6 +44,7 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     )
     export_model(
         merged_model=merged_model,
+        trained_adapter=trained_adapter,
         base_model=base_model,
         eval_dataset=eval_dataset,
         data_summary=data_summary,

@@ -8,7 +8,7 @@ import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir
 from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
-from llm_engineering.evaluation import evaluate_checkpoint
+from llm_engineering.evaluation import evaluate_checkpoint, evaluate_generation
 from llm_engineering.model.export import load_exported, model_card, verify_export, write_export
 from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
 
@@ -16,6 +16,7 @@ from llm_engineering.model.loading import BaseModelRef, load_model, load_tokeniz
 @step(experiment_tracker=True, enable_cache=False)
 def export_model(
     merged_model: CheckpointDir,
+    trained_adapter: CheckpointDir,
     base_model: BaseModelRef,
     eval_dataset: Dataset,
     data_summary: dict[str, Any],
@@ -27,19 +28,22 @@ def export_model(
 ) -> Tuple[Annotated[str, "export_dir"], Annotated[dict[str, Any], "evaluation_metrics"]]:
     """Score base vs fine-tuned, write the servable directory atomically, verify it reloads, register it in MLflow."""
     config = RunConfig.model_validate(run_config)
-    rows = eval_dataset.to_list()
+    rows = eval_dataset.to_list()[: evaluation.max_rows]
     base = evaluate_checkpoint(
         lambda: (load_model(base_model.config, quantize=False, dtype=config.merge.dtype), load_tokenizer(base_model.config)),
         rows, evaluation,
     )
-    tuned = evaluate_checkpoint(lambda: load_exported(merged_model.path), rows, evaluation)
+    model, tokenizer = load_exported(merged_model.path)
+    tuned = evaluate_generation(model, tokenizer, rows, evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
     metrics = {**base.metrics("base"), **tuned.metrics("finetuned"), **training_metrics}
     metrics.update({f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))})
 
-    tokenizer = load_tokenizer(base_model.config)
     card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
-    out = write_export(merged_model.path, Path(export.output_dir), tokenizer, card, export.overwrite)
-    exported, exported_tokenizer = verify_export(out, rows[0], tuned.samples[0].output, evaluation.max_new_tokens)
+    out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
+                       max_shard_size=export.max_shard_size,
+                       adapter_dir=trained_adapter.path if export.include_adapter else None)
+    exported, exported_tokenizer, reload_diff = verify_export(out, model, rows[: export.verify_prompts])
+    metrics["export_reload_max_abs_logit_diff"] = reload_diff
 
     tracking.log_params(flatten(config))
     tracking.log_metrics(metrics)  # all of them, so a run whose earlier steps were cached is complete too

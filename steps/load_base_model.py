@@ -17,6 +17,7 @@ def load_base_model(model: ModelConfig) -> Annotated[BaseModelRef, "base_model"]
         "dtype": model.dtype,
         "quantization": model.quantization.model_dump(),
         "memory_footprint_mib": round(ref.footprint_bytes / 2**20, 2),
+        "unquantized_footprint_mib": round(ref.unquantized_bytes / 2**20, 2),
         "load_seconds": ref.load_seconds,
         "weights_sha256": ref.weights_sha256 or "",
     })

@@ -1,22 +1,29 @@
-"""Write the servable model directory: safetensors weights, tokenizer with its chat template, a generation config whose
-eos/pad ids match the tokenizer, and a model card.
+"""Write the servable model directory and prove it serves the model we trained.
+
+Contents: sharded safetensors weights, tokenizer with its chat template, a generation config whose eos/pad ids match the
+tokenizer, a model card, the LoRA adapter alone under `adapter/` (to serve on top of the base model instead), and
+`SHA256SUMS` listing every file (`sha256sum -c SHA256SUMS` checks a copy).
 
 The directory is assembled under a temporary name beside the target and renamed into place only when complete, so an
-interrupted export never leaves a directory that looks finished.
+interrupted export never leaves a directory that looks finished. It is then reloaded with plain `transformers` and its
+logits compared with the in-memory merged model's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import torch
 import yaml
 
-WEIGHT_AND_TOKENIZER_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
+MANIFEST = "SHA256SUMS"
+ADAPTER_SUBDIR = "adapter"
 
 
 class ExportError(RuntimeError):
@@ -41,7 +48,8 @@ tags: [lora, sft, llm_engineering]
 ---
 # Fine-tuned {base_model}
 
-LoRA adapter trained with TRL SFT and merged into the base weights by `llm_engineering`.
+LoRA adapter trained with TRL SFT and merged into the base weights by `llm_engineering`. The adapter alone is in
+`{ADAPTER_SUBDIR}/`; `{MANIFEST}` lists the SHA-256 of every file.
 
 ## Data
 {yaml.safe_dump(data, sort_keys=True).strip()}
@@ -76,23 +84,68 @@ def check_target(output_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"export.output_dir {output_dir} exists and is not a directory")
 
 
-def write_export(merged_dir: Path, output_dir: Path, tokenizer, card: str, overwrite: bool) -> Path:
-    """Assemble the export beside `output_dir` and rename it into place; returns the final directory."""
+def write_export(
+    model,
+    tokenizer,
+    output_dir: Path,
+    card: str,
+    *,
+    adapter_dir: Optional[Path] = None,
+    max_shard_size: str = "5GB",
+    overwrite: bool = True,
+) -> Path:
+    """Assemble the export beside `output_dir`, write its manifest last, and rename it into place."""
     check_target(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
-        for file in sorted(merged_dir.iterdir()):
-            if file.is_file() and file.suffix in WEIGHT_AND_TOKENIZER_SUFFIXES:
-                shutil.copy2(file, staging / file.name)
-        base_generation = _read_json(merged_dir / "generation_config.json")
+        model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(staging)
+        base_generation = model.generation_config.to_dict() if model.generation_config else {}
         (staging / "generation_config.json").write_text(json.dumps(generation_config(tokenizer, base_generation), indent=2))
         (staging / "README.md").write_text(card)
+        if adapter_dir is not None:
+            shutil.copytree(adapter_dir, staging / ADAPTER_SUBDIR)
+        write_manifest(staging)
         os.chmod(staging, 0o755)
         _replace_dir(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{_sha256(p)}  {p.relative_to(directory).as_posix()}" for p in files]
+    (directory / MANIFEST).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(directory: Path) -> list[str]:
+    """Problems found checking `SHA256SUMS` against the files (empty list: intact)."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return [f"{manifest} is missing"]
+    problems = []
+    listed = set()
+    for line in manifest.read_text().splitlines():
+        expected, name = line.split("  ", 1)
+        listed.add(name)
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif _sha256(path) != expected:
+            problems.append(f"{name}: checksum mismatch")
+    extra = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - listed - {MANIFEST}
+    problems += [f"{name}: not in the manifest" for name in sorted(extra)]
+    return problems
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -105,10 +158,6 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load_exported(output_dir: Path):
     """Load the export with nothing but plain transformers, as a user serving it would."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -118,13 +167,23 @@ def load_exported(output_dir: Path):
     return model, tokenizer
 
 
-def verify_export(output_dir: Path, row: dict, expected: str, max_new_tokens: int):
-    """Reload the export with plain transformers and check it reproduces the merged model's greedy answer.
-    Returns the reloaded (model, tokenizer)."""
-    from llm_engineering.evaluation import generate
-
+@torch.no_grad()
+def verify_export(output_dir: Path, reference_model, rows: list[dict], tolerance: float = 1e-5):
+    """Check the manifest, reload with plain transformers, and compare logits with `reference_model` on `rows`.
+    Returns the reloaded (model, tokenizer) and the max |Δlogit|."""
+    problems = verify_manifest(output_dir)
+    if problems:
+        raise ExportError(f"{output_dir}: manifest check failed: {problems}")
     model, tokenizer = load_exported(output_dir)
-    [(text, _)] = generate(model, tokenizer, [row["messages"][:-1]], max_new_tokens, batch_size=1)
-    if text != expected:
-        raise ExportError(f"{output_dir}: reloaded export answers {text!r}, the merged model answered {expected!r}")
-    return model, tokenizer
+    model.eval()
+    reference_model.eval()
+    tokenizer.padding_side = "right"
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = batch["attention_mask"].bool()
+    reloaded = model(**batch.to(model.device)).logits.float().cpu()
+    expected = reference_model(**batch.to(reference_model.device)).logits.float().cpu()
+    max_diff = (reloaded - expected).abs()[mask].max().item()
+    if max_diff > tolerance:
+        raise ExportError(f"{output_dir}: reloaded export's logits differ from the merged model's by {max_diff:.3g}")
+    return model, tokenizer, max_diff

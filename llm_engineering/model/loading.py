@@ -37,6 +37,7 @@ class BaseModelRef(BaseModel):
     weights_sha256: Optional[str] = None
     num_parameters: int
     footprint_bytes: int
+    unquantized_bytes: int
     load_seconds: float
 
 
@@ -74,11 +75,21 @@ def bnb_config(cfg: ModelConfig):
             bnb_4bit_quant_type=q.quant_type,
             bnb_4bit_use_double_quant=q.double_quant,
             bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
-            bnb_4bit_quant_storage=torch.uint8,
+            bnb_4bit_quant_storage=torch.uint8 if q.quant_storage == "uint8" else DTYPES[q.quant_storage],
         )
     if q.method == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return None
+
+
+def check_quantization_backend(cfg: ModelConfig) -> None:
+    """Refuse, before any weights load, a quantization this machine's bitsandbytes cannot run."""
+    if cfg.quantization.method == "none":
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(f"model.quantization.method={cfg.quantization.method} needs bitsandbytes: {exc}") from None
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -99,6 +110,8 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
     """The base model: quantized per config (if `quantize`), else in `dtype` (default: `cfg.dtype`)."""
     from transformers import AutoModelForCausalLM
 
+    if quantize:
+        check_quantization_backend(cfg)
     if cfg.trust_remote_code:
         logger.warning("trust_remote_code=True: code from %s will run on this machine", display_name(cfg))
     quantization = bnb_config(cfg) if quantize else None
@@ -150,6 +163,7 @@ def load_base(cfg: ModelConfig):
         weights_sha256=weights_sha256(location),
         num_parameters=model.num_parameters(),
         footprint_bytes=model.get_memory_footprint(),
+        unquantized_bytes=model.num_parameters() * DTYPES[cfg.dtype].itemsize,
         load_seconds=round(seconds, 3),
     )
     return model, tokenizer, ref

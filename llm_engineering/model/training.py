@@ -60,6 +60,10 @@ def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, boo
         if torch.cuda.is_available():
             return (torch.cuda.is_bf16_supported(), not torch.cuda.is_bf16_supported())
         return (True, False)
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        # accelerate silently skips fp16 autocast on CPU: refuse rather than train in a precision nobody asked for
+        raise ValueError("train.mixed_precision=fp16 needs a GPU (on CPU it would silently run in fp32); "
+                         "use bf16, auto or no on CPU")
     return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
 
 
@@ -124,6 +128,7 @@ def train_adapter(
     """Load the base as configured, attach the initial adapter, train it, save the trained adapter in `output_dir`."""
     from peft import PeftModel
 
+    mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
     tokenizer = load_tokenizer(model_cfg)
     model = prepare_for_training(load_model(model_cfg), adapter_cfg)
     model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
