@@ -138,6 +138,9 @@ class MergeConfig(_Section):
     # For a quantized run: "dequantized" merges into the NF4 round-tripped weights the adapter was trained against;
     # "original" merges into the untouched full-precision checkpoint.
     base_weights: Literal["dequantized", "original"] = "dequantized"
+    # in_memory: PEFT merge_and_unload on the whole fp32 model. streamed: shard by shard (peak memory ~ one shard),
+    # bit-identical weights; its fidelity check compares the model as trained with the merged one in `dtype`.
+    method: Literal["in_memory", "streamed"] = "in_memory"
     dtype: Dtype = Field("bfloat16", description="dtype of the saved merged weights (the arithmetic is fp32)")
     fidelity_prompts: int = Field(4, gt=0, description="eval prompts used to compare merged vs adapter logits")
     max_logit_diff: float = Field(1e-3, gt=0, description="fail the run before export above this max |Δlogit|")
@@ -150,6 +153,9 @@ class ExportConfig(_Section):
                                 description="largest safetensors shard, e.g. 500MB, 5GB")
     include_adapter: bool = Field(True, description="also export the adapter alone under adapter/")
     verify_prompts: int = Field(4, gt=0, description="eval prompts whose logits the reloaded export must reproduce")
+    push_to_hub: Optional[str] = Field(None, description="Hugging Face repo id to upload the verified export to; "
+                                                         "the token comes from the HF_TOKEN environment variable")
+    hub_private: bool = True
     registered_model_name: Optional[str] = Field("smollm2-booking", description="MLflow registry name; null: skip")
 
 

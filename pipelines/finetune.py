@@ -13,7 +13,7 @@ from typing import Any, Optional
 from zenml import pipeline
 
 from llm_engineering.config import load_run_config
-from llm_engineering.model.export import check_target
+from llm_engineering.model.export import check_push_credentials, check_target
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
 from steps.load_base_model import load_base_model
@@ -26,6 +26,7 @@ from steps.train_sft import train_sft
 def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
+    check_push_credentials(cfg.export.push_to_hub)
 
     train_dataset, eval_dataset, data_summary = load_dataset(data=cfg.data)
     base_model = load_base_model(model=cfg.model)

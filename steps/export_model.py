@@ -9,7 +9,7 @@ from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir
 from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
 from llm_engineering.evaluation import evaluate_checkpoint, evaluate_generation
-from llm_engineering.model.export import load_exported, model_card, verify_export, write_export
+from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
 from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
 
 
@@ -55,6 +55,8 @@ def export_model(
         "eval_samples.json",
     )
     registered = tracking.log_and_register_model(exported, exported_tokenizer, export.registered_model_name) or {}
+    if export.push_to_hub:
+        registered["hub_commit_url"] = push_to_hub(out, export.push_to_hub, export.hub_private)
     summary = {"export_dir": str(out.resolve()), **metrics, **registered}
     log_metadata(metadata=summary)
     return str(out.resolve()), summary

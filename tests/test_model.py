@@ -201,3 +201,24 @@ def test_embedded_model_is_a_real_pretrained_instruct_model():
     [(answer, stopped)] = generate(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
                                    max_new_tokens=20, batch_size=1)
     assert "Paris" in answer and stopped
+
+
+def test_hub_push_needs_a_token_from_the_environment(monkeypatch):
+    from llm_engineering.model.export import check_push_credentials
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(ExportError, match="needs a Hugging Face token in the HF_TOKEN environment variable"):
+        check_push_credentials("me/my-model")
+    check_push_credentials(None)
+
+
+def test_a_failed_hub_push_names_the_repo_and_keeps_the_export(merged, tmp_path, monkeypatch):
+    from llm_engineering.model.export import push_to_hub
+
+    model, tokenizer, card, _, _ = merged
+    out = write_export(model, tokenizer, tmp_path / "export", card)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ExportError, match="push to hub 'me/my-model' failed .* local export .* is complete"):
+        push_to_hub(out, "me/my-model")
+    assert verify_manifest(out) == []

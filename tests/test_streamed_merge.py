@@ -72,3 +72,22 @@ def test_streamed_merge_refuses_dora(sharded_dir, tmp_path):
     adapter = make_adapter(model_cfg, tmp_path / "adapter", use_dora=True)
     with pytest.raises(StreamedMergeError, match="does not support DoRA"):
         streamed_merge(model_cfg, MergeConfig(), adapter, tmp_path / "out")
+
+
+def test_streamed_method_in_merge_adapter_checks_fidelity_against_the_model_as_trained(sharded_dir, tmp_path):
+    from llm_engineering.model.merge import MergeFidelityError
+
+    model_cfg = ModelConfig(source="local", name_or_path=str(sharded_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
+    adapter = make_adapter(model_cfg, tmp_path / "adapter")
+    rows = load_split(DataConfig(num_rows=10, eval_rows=2)).eval
+    # the reference runs through bitsandbytes' 4-bit CPU kernels: a looser bound than the fp32-vs-fp32 in-memory check
+    cfg = MergeConfig(method="streamed", dtype="float32", max_logit_diff=1e-2)
+    report = merge_adapter(model_cfg, cfg, adapter, rows, tmp_path / "ok")
+    assert report.comparison.startswith("model as trained") and report.top1_agreement == 1.0
+    assert (tmp_path / "ok" / "tokenizer.json").is_file()
+
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(MergeFidelityError, match="nothing was exported"):
+        merge_adapter(model_cfg, MergeConfig(method="streamed", max_logit_diff=1e-12), adapter, rows, tmp_path / "bad")
+    assert list((tmp_path / "bad").iterdir()) == []

@@ -76,6 +76,28 @@ print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0], skip_spec
 """
 
 
+def check_push_credentials(repo_id: Optional[str]) -> None:
+    """A hub push needs a token from the environment; fail before any heavy work if it is missing."""
+    if repo_id and not os.environ.get("HF_TOKEN"):
+        raise ExportError(f"export.push_to_hub={repo_id!r} needs a Hugging Face token in the HF_TOKEN environment "
+                          "variable (it is never read from the config)")
+
+
+def push_to_hub(output_dir: Path, repo_id: str, private: bool = True) -> str:
+    """Upload the verified export (weights, tokenizer, card, adapter/, SHA256SUMS); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=os.environ.get("HF_TOKEN"))
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, repo_type="model",
+                                   commit_message="Upload fine-tuned model from llm_engineering")
+    except Exception as exc:  # network, auth, offline mode: the local export stays as it is
+        raise ExportError(f"push to hub '{repo_id}' failed ({type(exc).__name__}: {exc}); "
+                          f"the local export at {output_dir} is complete and unchanged") from exc
+    return str(commit.commit_url)
+
+
 def check_target(output_dir: Path, overwrite: bool) -> None:
     """Fail early (before any heavy work) if the export would clobber a directory the config says to keep."""
     if output_dir.exists() and not overwrite:

@@ -34,6 +34,7 @@ class FidelityReport:
     mean_abs_logit_diff: float
     top1_agreement: float
     base_weights: str
+    comparison: str
 
     def metrics(self) -> dict[str, float]:
         return {f"merge_{k}": v for k, v in asdict(self).items() if isinstance(v, (int, float))}
@@ -70,42 +71,82 @@ def load_fp32_base(model_cfg: ModelConfig, cfg: MergeConfig):
     return model
 
 
-def merge_adapter(
-    model_cfg: ModelConfig, cfg: MergeConfig, adapter_dir: Path, fidelity_rows: list[dict], output_dir: Path
-) -> FidelityReport:
-    """Merge in fp32, check fidelity, save the merged model (in `cfg.dtype`, safetensors) to `output_dir`."""
-    from peft import PeftModel
-
-    tokenizer = load_tokenizer(model_cfg)
-    base = load_fp32_base(model_cfg, cfg)
-    peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
-    peft_model.eval()
-
-    tokenizer.padding_side = "right"
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in fidelity_rows[: cfg.fidelity_prompts]]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(base.device)
+def _logits(model, batch) -> torch.Tensor:
     with torch.no_grad():
-        reference_logits = peft_model(**batch).logits.float()
-    merged = peft_model.merge_and_unload()
-    with torch.no_grad():
-        merged_logits = merged(**batch).logits.float()
-    mask = batch["attention_mask"].bool()
-    diff = (reference_logits - merged_logits).abs()[mask]
+        return model(**batch.to(model.device)).logits.float().cpu()
+
+
+def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, cfg: MergeConfig,
+                    comparison: str) -> FidelityReport:
+    """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`."""
+    diff = (reference - merged).abs()[mask]
     report = FidelityReport(
-        prompts=len(texts),
+        prompts=int(mask.shape[0]),
         tokens=int(mask.sum()),
         max_abs_logit_diff=diff.max().item(),
         mean_abs_logit_diff=diff.mean().item(),
-        top1_agreement=(reference_logits.argmax(-1) == merged_logits.argmax(-1))[mask].float().mean().item(),
+        top1_agreement=(reference.argmax(-1) == merged.argmax(-1))[mask].float().mean().item(),
         base_weights=cfg.base_weights,
+        comparison=comparison,
     )
     if report.max_abs_logit_diff > cfg.max_logit_diff:
         raise MergeFidelityError(
             f"merged model differs from the adapter model by max |Δlogit| = {report.max_abs_logit_diff:.3g} "
-            f"> merge.max_logit_diff = {cfg.max_logit_diff:g} on {report.prompts} prompts; nothing was exported"
+            f"> merge.max_logit_diff = {cfg.max_logit_diff:g} on {report.prompts} prompts ({comparison}); "
+            "nothing was exported"
         )
+    return report
+
+
+def merge_adapter(
+    model_cfg: ModelConfig, cfg: MergeConfig, adapter_dir: Path, fidelity_rows: list[dict], output_dir: Path
+) -> FidelityReport:
+    """Merge, check fidelity, save the merged model (in `cfg.dtype`, safetensors) with its tokenizer to `output_dir`."""
+    tokenizer = load_tokenizer(model_cfg)
+    tokenizer.padding_side = "right"
+    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in fidelity_rows[: cfg.fidelity_prompts]]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = batch["attention_mask"].bool()
+    merge = _merge_streamed if cfg.method == "streamed" else _merge_in_memory
+    report = merge(model_cfg, cfg, adapter_dir, batch, mask, output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return report
+
+
+def _merge_in_memory(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> FidelityReport:
+    """merge_and_unload on the fp32 base; fidelity: the same fp32 weights unmerged vs merged (isolates the merge)."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(load_fp32_base(model_cfg, cfg), str(adapter_dir))
+    peft_model.eval()
+    reference = _logits(peft_model, batch)
+    merged = peft_model.merge_and_unload()
+    report = fidelity_report(reference, _logits(merged, batch), mask, cfg, "fp32 adapter model vs fp32 merged model")
     merged = merged.to(DTYPES[cfg.dtype])
     merged.config.dtype = cfg.dtype
     merged.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
     return report
+
+
+def _merge_streamed(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> FidelityReport:
+    """Shard-by-shard merge; fidelity: the model as trained (quantized base + adapter) vs the merged checkpoint in
+    `cfg.dtype`, one model in memory at a time. This includes quantization and dtype rounding: set the threshold
+    accordingly."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llm_engineering.model.streamed_merge import streamed_merge
+
+    trained = PeftModel.from_pretrained(load_model(model_cfg), str(adapter_dir))
+    trained.eval()
+    reference = _logits(trained, batch)
+    del trained
+    streamed_merge(model_cfg, cfg, adapter_dir, output_dir)
+    merged = AutoModelForCausalLM.from_pretrained(output_dir, dtype=DTYPES[cfg.dtype], use_safetensors=True)
+    try:
+        return fidelity_report(reference, _logits(merged, batch), mask, cfg,
+                               f"model as trained vs merged checkpoint in {cfg.dtype}")
+    except MergeFidelityError:
+        for file in output_dir.iterdir():
+            file.unlink()
+        raise
