@@ -91,7 +91,9 @@ class AdapterConfig(_Section):
     layers_to_transform: Optional[list[int]] = Field(None, description="only these layer indices get adapters")
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: Literal["default", "gaussian"] = "default"
+    # default (A Kaiming, B zero), gaussian, pissa / pissa_niter_N (principal singular vectors; trains against the
+    # residual base, exported as a plain LoRA), loftq (offsets the 4-bit quantization error of a QLoRA base)
+    init_lora_weights: str = Field("default", pattern=r"^(default|gaussian|pissa|pissa_niter_\d+|loftq)$")
     gradient_checkpointing: bool = False
     seed: int = 42
 
@@ -177,6 +179,17 @@ class RunConfig(_Section):
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="after")
+    def _sections_agree(self) -> "RunConfig":
+        init = self.adapter.init_lora_weights
+        if init == "loftq" and self.model.quantization.method != "4bit":
+            raise ValueError("adapter.init_lora_weights=loftq offsets 4-bit quantization error: it needs "
+                             "model.quantization.method: 4bit")
+        if init.startswith("pissa") and self.merge.base_weights != "original":
+            raise ValueError(f"adapter.init_lora_weights={init} trains against residual base weights and is exported "
+                             "as a plain LoRA for the original weights: set merge.base_weights: original")
+        return self
+
 
 def load_run_config(raw: Union[dict[str, Any], RunConfig, None]) -> RunConfig:
     """Validate a parameter tree, raising ConfigError that names every bad key path."""
@@ -203,6 +216,8 @@ def format_validation_error(exc: ValidationError) -> str:
         key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after")) or "<root>"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {err['input']!r}); check the spelling against RunConfig")
+        elif err["type"] == "value_error":  # a rule across keys: the input is the whole section, the message says it
+            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key} = {err.get('input')!r}: {err['msg']}")
     return "\n".join(lines)

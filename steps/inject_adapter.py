@@ -7,14 +7,15 @@ from zenml import log_metadata, step
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.artifacts import CheckpointDir
 from llm_engineering.config import AdapterConfig
-from llm_engineering.model.adapter import inject_adapter as inject, save_adapter
-from llm_engineering.model.loading import BaseModelRef, load_model
+from llm_engineering.model.adapter import check_init_supported, inject_adapter as inject, save_adapter
+from llm_engineering.model.loading import BaseModelRef, checkpoint_location, load_model
 
 
 @step
 def inject_adapter(base_model: BaseModelRef, adapter: AdapterConfig) -> Annotated[CheckpointDir, "initial_adapter"]:
     """Wrap the base in a LoRA adapter (targets checked against the real model) and save its initial weights."""
-    peft_model, stats = inject(load_model(base_model.config), adapter)
+    check_init_supported(adapter)  # before loading anything
+    peft_model, stats = inject(load_model(base_model.config), adapter, checkpoint_location(base_model.config))
     log_metadata(metadata={
         "trainable_parameters": stats.trainable_parameters,
         "total_parameters": stats.total_parameters,

@@ -2,11 +2,12 @@
 and merges faithfully (QLoRA base, fp32 merge)."""
 
 import pytest
+import torch
 
 from llm_engineering.config import AdapterConfig, ConfigError, DataConfig, MergeConfig, TrainConfig, load_run_config
 from llm_engineering.data.sources import load_split
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, resolve_target_modules, save_adapter
-from llm_engineering.model.loading import load_model
+from llm_engineering.model.loading import load_model, load_tokenizer
 from llm_engineering.model.merge import merge_adapter
 from llm_engineering.model.training import train_adapter
 
@@ -88,3 +89,64 @@ def test_invalid_regex_and_empty_layers_fail_config_validation():
         load_run_config({"adapter": {"target_modules": "q_proj("}})
     with pytest.raises(ConfigError, match="layers_to_transform must list"):
         load_run_config({"adapter": {"layers_to_transform": []}})
+
+
+LOFTQ = pytest.param("loftq", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="PEFT's LoftQ needs CUDA"))
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_2", LOFTQ])
+def test_data_driven_inits_train_and_merge_faithfully(init, tiny_model_dir, tmp_path):
+    from llm_engineering.config import ModelConfig, QuantizationConfig
+
+    method = "4bit" if init == "loftq" else "none"
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method=method, compute_dtype="float32"))
+    cfg = AdapterConfig(r=4, alpha=4, dropout=0.0, target_modules="all-linear", init_lora_weights=init)
+    peft_model, stats = inject_adapter(load_model(model_cfg), cfg, str(tiny_model_dir))
+    assert stats.trainable_parameters == lora_params(4, {**ATTN, **MLP})
+    b = peft_model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert b.abs().max() > 0  # unlike the default init, B starts non-zero
+    save_adapter(peft_model, tmp_path / "initial")
+
+    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    train_adapter(model_cfg, cfg, TRAIN, tmp_path / "initial", split.train, split.eval, tmp_path / "ad")
+    merge = MergeConfig(base_weights="original" if init.startswith("pissa") else "dequantized", dtype="float32")
+    report = merge_adapter(model_cfg, merge, tmp_path / "ad", split.eval, tmp_path / "m")
+    assert report.max_abs_logit_diff <= 1e-4
+    if init.startswith("pissa"):  # converted to a plain LoRA of rank 2r for the original weights
+        import json
+        assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_loftq_without_cuda_is_refused_before_loading(tiny_model_dir):
+    from llm_engineering.model.adapter import check_init_supported
+
+    with pytest.raises(AdapterConfigError, match="loftq needs a CUDA GPU"):
+        check_init_supported(AdapterConfig(init_lora_weights="loftq"))
+
+
+def test_pissa_export_equals_the_trained_residual_model(tiny_model_dir, tmp_path):
+    """The converted adapter on the original base reproduces what was trained (residual base + PiSSA adapter)."""
+    from llm_engineering.config import ModelConfig, QuantizationConfig
+    from llm_engineering.model.export import load_exported
+    from llm_engineering.model.training import build_trainer
+
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="none"))
+    cfg = AdapterConfig(r=4, alpha=4, dropout=0.0, target_modules="all-linear", init_lora_weights="pissa")
+    peft_model, _ = inject_adapter(load_model(model_cfg), cfg)
+    save_adapter(peft_model, tmp_path / "initial")
+    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    trainer = build_trainer(peft_model, load_tokenizer(model_cfg), model_cfg, cfg, TRAIN,
+                            split.train, split.eval, tmp_path / "scratch")
+    trainer.train()
+    save_adapter(trainer.model, tmp_path / "ad", initial_adapter=tmp_path / "initial")
+    merge_adapter(model_cfg, MergeConfig(base_weights="original", dtype="float32"), tmp_path / "ad", split.eval,
+                  tmp_path / "m")
+    ids = torch.tensor([[1, 520, 2840, 30, 2]])
+    peft_model.eval()
+    with torch.no_grad():
+        trained = peft_model(input_ids=ids).logits
+        exported = load_exported(tmp_path / "m")[0](input_ids=ids).logits
+    assert (trained - exported).abs().max() < 1e-3

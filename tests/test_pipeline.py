@@ -54,6 +54,7 @@ def test_all_six_steps_ran_with_named_outputs_and_metadata(repo, monkeypatch):
     assert 0 < adapter_meta["trainable_parameters"] < adapter_meta["total_parameters"]
     assert run.steps["load_base_model"].run_metadata["quantization"]["method"] == "4bit"
     assert run.steps["merge_adapter"].run_metadata["merge_max_abs_logit_diff"] <= 1e-4
+    assert run.steps["export_model"].run_metadata["export_reload_max_abs_logit_diff"] == 0.0
     # the dataset is an HF dataset in Arrow, not a pickle
     assert "huggingface" in run.steps["load_dataset"].outputs["train_dataset"][0].materializer.module
 
@@ -77,8 +78,11 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
 
 
 def test_the_export_loads_with_plain_transformers_and_generates(repo):
+    from llm_engineering.model.export import verify_manifest
+
     export_dir = repo[0] / "outputs" / "tiny"
     assert (export_dir / "README.md").read_text().startswith("---\nbase_model:")
+    assert (export_dir / "adapter" / "adapter_model.safetensors").is_file() and verify_manifest(export_dir) == []
     model, tokenizer = load_exported(export_dir)
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)

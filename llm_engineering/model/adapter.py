@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -100,7 +102,8 @@ def lora_config(cfg: AdapterConfig, target_modules: Union[str, list[str]]):
         layers_to_transform=cfg.layers_to_transform,
         use_rslora=cfg.use_rslora,
         use_dora=cfg.use_dora,
-        init_lora_weights=True if cfg.init_lora_weights == "default" else cfg.init_lora_weights,
+        # loftq starts from the default init and is replaced after injection (replace_lora_weights_loftq)
+        init_lora_weights=True if cfg.init_lora_weights in ("default", "loftq") else cfg.init_lora_weights,
         task_type=TaskType.CAUSAL_LM,
     )
 
@@ -121,21 +124,48 @@ def prepare_for_training(model, cfg: AdapterConfig):
     return model
 
 
-def inject_adapter(model, cfg: AdapterConfig):
-    """The base model wrapped as a trainable PeftModel, and its parameter counts exactly as PEFT reports them."""
-    from peft import get_peft_model
+def check_init_supported(cfg: AdapterConfig) -> None:
+    """Refuse, before any model loads, an initialisation this machine cannot run."""
+    if cfg.init_lora_weights == "loftq" and not torch.cuda.is_available():
+        # PEFT's LoftQ computes on "cuda" (or "xpu") unconditionally
+        raise AdapterConfigError("adapter.init_lora_weights=loftq needs a CUDA GPU (PEFT's LoftQ runs its SVD there); "
+                                 "use default, gaussian or pissa on CPU")
 
+
+def reinitialises_base(cfg: AdapterConfig) -> bool:
+    """PiSSA replaces the base weights by the residual: a step that trains must redo the init on its own base."""
+    return cfg.init_lora_weights.startswith("pissa")
+
+
+def inject_adapter(model, cfg: AdapterConfig, checkpoint: Optional[str] = None):
+    """The base model wrapped as a trainable PeftModel, and its parameter counts exactly as PEFT reports them.
+    `checkpoint` (the base's safetensors directory or hub id) is needed for LoftQ, which reads the original weights."""
+    from peft import get_peft_model, replace_lora_weights_loftq
+
+    check_init_supported(cfg)
     targets = resolve_target_modules(model, cfg)
     check_other_modules(model, cfg)
-    torch.manual_seed(cfg.seed)  # LoRA A is randomly initialised: same seed, same adapter
+    torch.manual_seed(cfg.seed)  # LoRA A (and PiSSA's randomized SVD) are random: same seed, same adapter
     peft_model = get_peft_model(prepare_for_training(model, cfg), lora_config(cfg, targets))
+    if cfg.init_lora_weights == "loftq":
+        if not is_quantized(model) or checkpoint is None:
+            raise AdapterConfigError("adapter.init_lora_weights=loftq needs a 4-bit base and its checkpoint")
+        replace_lora_weights_loftq(peft_model, model_path=checkpoint)
     trainable, total = peft_model.get_nb_trainable_parameters()
     targets = sorted({t.rsplit(".", 1)[-1] for t in peft_model.peft_config["default"].target_modules})
     lora_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))
     return peft_model, AdapterStats(trainable, total, targets, lora_modules)
 
 
-def save_adapter(peft_model, directory: Path) -> Path:
-    """adapter_config.json + adapter_model.safetensors."""
-    peft_model.save_pretrained(directory, safe_serialization=True)
+def save_adapter(peft_model, directory: Path, initial_adapter: Optional[Path] = None) -> Path:
+    """adapter_config.json + adapter_model.safetensors. With `initial_adapter` (PiSSA), the trained adapter is converted
+    to a plain LoRA (rank 2r) that applies to the original base weights, so merge and serving need nothing special."""
+    if initial_adapter is None:
+        peft_model.save_pretrained(directory, safe_serialization=True)
+        return directory
+    with tempfile.TemporaryDirectory() as scratch:  # PEFT rewrites the initial adapter's config: never the artifact
+        initial = Path(scratch) / "initial"
+        shutil.copytree(initial_adapter, initial)
+        peft_model.save_pretrained(directory, safe_serialization=True,
+                                   path_initial_model_for_weight_conversion=str(initial))
     return directory

@@ -19,7 +19,7 @@ import torch
 
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
 from llm_engineering.data.sources import to_prompt_completion
-from llm_engineering.model.adapter import prepare_for_training, save_adapter
+from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,12 @@ def train_adapter(
 
     mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
     tokenizer = load_tokenizer(model_cfg)
-    model = prepare_for_training(load_model(model_cfg), adapter_cfg)
-    model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
+    if reinitialises_base(adapter_cfg):  # PiSSA: rebuild residual base + adapter here, check it is the same init
+        model, _ = inject_adapter(load_model(model_cfg), adapter_cfg)
+        check_same_init(model, initial_adapter)
+    else:
+        model = prepare_for_training(load_model(model_cfg), adapter_cfg)
+        model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
 
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
         trainer = build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, scratch, callbacks)
@@ -142,7 +146,7 @@ def train_adapter(
         seconds = time.perf_counter() - start
         eval_metrics = trainer.evaluate()
 
-    save_adapter(trainer.model, output_dir)
+    save_adapter(trainer.model, output_dir, initial_adapter if reinitialises_base(adapter_cfg) else None)
     history = trainer.state.log_history
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
     tokens = int(trainer.state.num_input_tokens_seen)
@@ -158,6 +162,18 @@ def train_adapter(
         peak_memory_bytes=peak_memory_bytes(),
         log_history=history,
     )
+
+
+def check_same_init(peft_model, initial_adapter: Path) -> None:
+    """The re-run initialisation must equal the one the inject step saved (same weights, same seed)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(Path(initial_adapter) / "adapter_model.safetensors")
+    rebuilt = get_peft_model_state_dict(peft_model)
+    for key, value in saved.items():
+        if not torch.allclose(rebuilt[key].float().cpu(), value.float(), atol=1e-5):
+            raise RuntimeError(f"re-initialised adapter differs from the inject step's at {key}")
 
 
 def peak_memory_bytes() -> int:
