@@ -132,6 +132,11 @@ class TrainConfig(_Section):
     eval_steps: int = Field(20, gt=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     seed: int = 42
+    # Preemption safety: a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps, in a
+    # durable directory tied to this training's inputs; rerunning the same config resumes from the last one.
+    checkpoint_steps: Optional[int] = Field(None, gt=0, description="checkpoint every N steps; null: no checkpoints")
+    checkpoint_dir: Optional[str] = Field(None, description="durable root for checkpoints (default: under the "
+                                                            "local artifact store)")
 
 
 class MergeConfig(_Section):

@@ -11,6 +11,7 @@ from llm_engineering.artifacts import CheckpointDir
 from llm_engineering.config import AdapterConfig, TrainConfig
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.training import train_adapter
+from llm_engineering.orchestration.checkpoints import durable_checkpoint_dir, training_key
 
 
 @step(experiment_tracker=True)
@@ -25,11 +26,16 @@ def train_sft(
 ) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[dict[str, float], "training_metrics"]]:
     """TRL SFT of the adapter; loss curves stream to MLflow, the trained adapter is the output."""
     tracking.log_dataset(train_dataset, name="train", digest=data_summary["fingerprint"], context="training")
+    checkpoints = None
+    if train.checkpoint_steps:
+        key = training_key(base_model.config, base_model.weights_sha256, adapter, train, data_summary["fingerprint"],
+                           files=(initial_adapter.path / "adapter_model.safetensors",))
+        checkpoints = durable_checkpoint_dir(key, train.checkpoint_dir)
     out = Path(tempfile.mkdtemp(prefix="trained-adapter-"))
     result = train_adapter(
         base_model.config, adapter, train, initial_adapter.path,
         train_dataset.to_list(), eval_dataset.to_list(), out,
-        callbacks=[tracking.mlflow_metrics_callback()],
+        callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
     )
     metrics = result.metrics()
     log_metadata(metadata=metrics)

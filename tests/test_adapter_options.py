@@ -55,6 +55,7 @@ def test_option_injects_counts_trains_and_merges_faithfully(name, tiny_qlora_cfg
 
     split = load_split(DataConfig(num_rows=24, eval_rows=4))
     result = train_adapter(tiny_qlora_cfg, cfg, TRAIN, tmp_path / "initial", split.train, split.eval, tmp_path / "ad")
+    assert result.steps == TRAIN.max_steps and result.final_train_loss == result.final_train_loss  # ran, not NaN
     report = merge_adapter(tiny_qlora_cfg, MergeConfig(dtype="float32"), tmp_path / "ad", split.eval, tmp_path / "m")
     assert report.max_abs_logit_diff <= 1e-4 and report.top1_agreement == 1.0
 

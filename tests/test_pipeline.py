@@ -1,6 +1,8 @@
 """Integration: the six-step pipeline through real ZenML (local orchestrator, SQL store) and real MLflow (SQLite
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from zenml.client import Client
@@ -19,7 +21,7 @@ def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
                   "quantization": {"method": "4bit", "compute_dtype": "float32"}},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"learning_rate": learning_rate, "max_steps": 4, "per_device_batch_size": 4, "logging_steps": 1,
-                  "eval_steps": 4, "max_length": 128, "mixed_precision": "no"},
+                  "eval_steps": 4, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": 2},
         "merge": {"dtype": "float32", "max_logit_diff": 1e-4},
         "export": {"output_dir": "outputs/tiny", "registered_model_name": "tiny-booking"},
         "eval": {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4},
@@ -55,6 +57,10 @@ def test_all_six_steps_ran_with_named_outputs_and_metadata(repo, monkeypatch):
     assert run.steps["load_base_model"].run_metadata["quantization"]["method"] == "4bit"
     assert run.steps["merge_adapter"].run_metadata["merge_max_abs_logit_diff"] <= 1e-4
     assert run.steps["export_model"].run_metadata["export_reload_max_abs_logit_diff"] == 0.0
+    # checkpoints went to the artifact store during training and were removed once the adapter was stored
+    assert run.steps["train_sft"].run_metadata["train_resumed_from_step"] == 0
+    store = Path(Client().active_stack.artifact_store.path) / "sft-checkpoints"
+    assert store.is_dir() and list(store.iterdir()) == []
     # the dataset is an HF dataset in Arrow, not a pickle
     assert "huggingface" in run.steps["load_dataset"].outputs["train_dataset"][0].materializer.module
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class TrainResult:
     train_tokens: int
     tokens_per_second: float
     peak_memory_bytes: int
+    resumed_from_step: int = 0
     log_history: list[dict] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -47,6 +49,7 @@ class TrainResult:
             "train_tokens": self.train_tokens,
             "train_tokens_per_second": self.tokens_per_second,
             "train_peak_memory_gib": self.peak_memory_bytes / 2**30,
+            "train_resumed_from_step": self.resumed_from_step,
         }
         if self.eval_loss is not None:
             metrics["eval_loss"] = self.eval_loss
@@ -86,7 +89,9 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
         logging_steps=cfg.logging_steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=2,
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,
@@ -124,8 +129,12 @@ def train_adapter(
     eval_rows: list[dict],
     output_dir: Path,
     callbacks: Optional[list] = None,
+    checkpoint_dir: Optional[Path] = None,
 ) -> TrainResult:
-    """Load the base as configured, attach the initial adapter, train it, save the trained adapter in `output_dir`."""
+    """Load the base as configured, attach the initial adapter, train it, save the trained adapter in `output_dir`.
+
+    With `cfg.checkpoint_steps` and a durable `checkpoint_dir`, checkpoints go there and a rerun after a kill resumes
+    from the last one (the directory is removed once training completes)."""
     from peft import PeftModel
 
     mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
@@ -138,15 +147,24 @@ def train_adapter(
         model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
 
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
-        trainer = build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, scratch, callbacks)
+        work_dir = checkpoint_dir if (checkpoint_dir and cfg.checkpoint_steps) else Path(scratch)
+        resume = last_checkpoint(work_dir)
+        if resume:
+            logger.warning("Resuming training from %s (step %d of %s)", resume, checkpoint_step(resume), cfg.max_steps)
+        trainer = build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, work_dir,
+                                callbacks)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
-        eval_metrics = trainer.evaluate()
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
+        eval_metrics = evals[-1] if final_eval_done else trainer.evaluate()
 
     save_adapter(trainer.model, output_dir, initial_adapter if reinitialises_base(adapter_cfg) else None)
+    if work_dir != Path(scratch):
+        shutil.rmtree(work_dir, ignore_errors=True)  # done: the trained adapter is the durable result now
     history = trainer.state.log_history
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
     tokens = int(trainer.state.num_input_tokens_seen)
@@ -160,8 +178,21 @@ def train_adapter(
         train_tokens=tokens,
         tokens_per_second=tokens / seconds if seconds else 0.0,
         peak_memory_bytes=peak_memory_bytes(),
+        resumed_from_step=checkpoint_step(resume) if resume else 0,
         log_history=history,
     )
+
+
+def last_checkpoint(directory: Path) -> Optional[Path]:
+    """The newest complete `checkpoint-N` in `directory` (a checkpoint killed mid-write has no trainer_state.json)."""
+    if not directory.is_dir():
+        return None
+    complete = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[-1])
 
 
 def check_same_init(peft_model, initial_adapter: Path) -> None:

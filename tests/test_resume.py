@@ -1,0 +1,72 @@
+"""Preemption: SIGKILL the training process for real mid-run, rerun, and it resumes from the last durable checkpoint
+instead of starting over, ending with the adapter an uninterrupted run produces."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from llm_engineering.config import AdapterConfig, DataConfig
+from llm_engineering.data.sources import load_split
+from llm_engineering.model.adapter import inject_adapter, save_adapter
+from llm_engineering.model.loading import load_model
+from llm_engineering.model.training import last_checkpoint
+
+CHILD = Path(__file__).with_name("resume_child.py")
+STEPS, EVERY = 24, 6
+
+
+def spec(tmp_path, model_cfg, name):
+    adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    initial = tmp_path / "initial"
+    if not initial.exists():
+        save_adapter(inject_adapter(load_model(model_cfg), adapter)[0], initial)
+    split = load_split(DataConfig(num_rows=72, eval_rows=4))
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({
+        "model": model_cfg.model_dump(), "adapter": adapter.model_dump(),
+        "train": {"learning_rate": 2e-3, "max_steps": STEPS, "per_device_batch_size": 4, "logging_steps": 4,
+                  "eval_steps": STEPS, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": EVERY},
+        "initial": str(initial), "train_rows": split.train, "eval_rows": split.eval,
+        "output": str(tmp_path / name / "adapter"), "checkpoints": str(tmp_path / name / "checkpoints"),
+    }))
+    return path
+
+
+def train(spec_path) -> dict:
+    done = subprocess.run([sys.executable, str(CHILD), str(spec_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_cfg):
+    reference = train(spec(tmp_path, tiny_model_cfg, "uninterrupted"))
+    assert reference == {"resumed_from_step": 0, "steps": STEPS}
+
+    killed_spec = spec(tmp_path, tiny_model_cfg, "killed")
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    child = subprocess.Popen([sys.executable, str(CHILD), str(killed_spec)], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while last_checkpoint(checkpoints) is None and time.time() < deadline and child.poll() is None:
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)  # no clean-up: as a preempted VM
+    child.wait()
+    saved = last_checkpoint(checkpoints)
+    assert saved is not None and child.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "adapter").exists()
+
+    resumed = train(killed_spec)
+    assert EVERY <= resumed["resumed_from_step"] < STEPS and resumed["steps"] == STEPS
+    assert not checkpoints.exists()  # removed once the trained adapter exists
+    expected = load_file(tmp_path / "uninterrupted" / "adapter" / "adapter_model.safetensors")
+    actual = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
