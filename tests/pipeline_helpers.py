@@ -11,8 +11,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 ZENML = str(Path(sys.executable).with_name("zenml"))
 
 
-def run(cmd: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], cwd: Path, timeout: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def setup_repo(root: Path) -> str:
@@ -28,5 +29,5 @@ def write_config(path: Path, parameters: dict, **zenml_keys) -> Path:
     return path
 
 
-def run_pipeline(repo: Path, config: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    return run([ZENML, "pipeline", "run", "pipelines.finetune.finetune", "--config", str(config)], repo, timeout)
+def run_pipeline(repo: Path, config: Path, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([ZENML, "pipeline", "run", "pipelines.finetune.finetune", "--config", str(config)], repo, timeout, env)

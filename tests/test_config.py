@@ -4,6 +4,7 @@ import pytest
 
 from llm_engineering.config import ConfigError, RunConfig, flatten, load_run_config, load_run_config_file
 
+STEP_NAMES = {"load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"}
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 
 
@@ -44,6 +45,24 @@ def test_source_needs_its_location():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_validates(path):
     assert isinstance(load_run_config_file(path), RunConfig)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_is_a_valid_zenml_run_config(path):
+    import yaml
+    from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
+
+    run_config = PipelineRunConfiguration.model_validate(yaml.safe_load(path.read_text()))
+    for name in run_config.steps or {}:
+        assert name in STEP_NAMES, f"{path.name}: steps.{name} is not a step of the pipeline"
+
+
+def test_gpu_config_retries_the_gpu_steps_and_checkpoints():
+    import yaml
+
+    document = yaml.safe_load(Path(CONFIGS[0]).with_name("gpu_hub_model.yaml").read_text())
+    assert document["steps"]["train_sft"]["retry"]["max_retries"] >= 1
+    assert document["parameters"]["config"]["train"]["checkpoint_steps"] > 0
 
 
 def test_shipped_configs_reproduce_the_seeds():

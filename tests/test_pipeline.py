@@ -1,6 +1,7 @@
 """Integration: the six-step pipeline through real ZenML (local orchestrator, SQL store) and real MLflow (SQLite
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -128,3 +129,35 @@ def test_setup_is_idempotent(repo, monkeypatch):
     client = Client()
     assert client.active_stack_model.name == "llm_engineering_local"
     assert [c.name for c in client.list_stack_components(type="experiment_tracker")] == ["mlflow_tracker"]
+
+
+PLANTED = {"HF_TOKEN": "hf_plantedSecretToken0123456789", "COMET_API_KEY": "cometPlantedSecret0123456789"}
+
+
+def test_a_failed_step_keeps_earlier_work_and_the_rerun_continues_from_it_without_leaking_secrets(
+        repo, tiny_model_dir, monkeypatch):
+    root, uri = repo
+    parameters = tiny_parameters(tiny_model_dir, learning_rate=4e-3)
+    parameters["export"] = {"output_dir": "outputs/tiny-retry", "registered_model_name": "tiny-retry"}
+    parameters["merge"]["max_logit_diff"] = 1e-12  # no merge is that exact: the merge step fails
+    failed = run_pipeline(root, write_config(root / "strict.yaml", parameters), env=PLANTED)
+    assert failed.returncode != 0 and "nothing was exported" in failed.stdout + failed.stderr
+    assert not (root / "outputs" / "tiny-retry").exists()
+    assert mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='tiny-retry'") == []
+
+    parameters["merge"]["max_logit_diff"] = 1e-4
+    fixed = run_pipeline(root, write_config(root / "fixed.yaml", parameters), env=PLANTED)
+    assert fixed.returncode == 0, fixed.stderr[-5000:]
+    monkeypatch.chdir(root)
+    steps = latest_run().steps
+    assert {n: steps[n].status for n in STEPS[:4]} == {n: ExecutionStatus.CACHED for n in STEPS[:4]}
+    assert steps["merge_adapter"].status == ExecutionStatus.COMPLETED
+    assert (root / "outputs" / "tiny-retry" / "SHA256SUMS").is_file()
+
+    # credentials come from the environment only: none reaches MLflow, ZenML's store, logs, artifacts or the export
+    searched = [root, Path(os.environ["ZENML_CONFIG_PATH"])]
+    for secret in PLANTED.values():
+        for top in searched:
+            hits = [p for p in top.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+            assert hits == [], f"{secret} found in {hits}"
+        assert secret not in failed.stdout + failed.stderr + fixed.stdout + fixed.stderr
