@@ -101,7 +101,7 @@ def row_problem(row: Any) -> str | None:
         if not isinstance(message, dict):
             return f"message {turn} is not an object"
         role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             return f"message {turn} has unknown role {role!r} (allowed: {sorted(ROLES)})"
         if not isinstance(content, str):
             return f"message {turn} content is {type(content).__name__}, not a string"

@@ -7,6 +7,7 @@ by the attention mask, not by token id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -156,7 +157,8 @@ def train_adapter(
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        with out_of_memory_advice(model_cfg, adapter_cfg, cfg):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
         final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
@@ -181,6 +183,37 @@ def train_adapter(
         resumed_from_step=checkpoint_step(resume) if resume else 0,
         log_history=history,
     )
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """Training ran out of memory; the message says which settings to change."""
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, cfg: TrainConfig):
+    """Turn an out-of-memory error into one that names the settings that lower memory (checkpoints are kept)."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) and not (
+                "can't allocate memory" in text or "out of memory" in text.lower()):
+            raise
+        device = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "CPU RAM"
+        batch = cfg.per_device_batch_size
+        advice = []
+        if batch > 1:
+            advice.append(f"train.per_device_batch_size: {batch // 2} with train.gradient_accumulation_steps: "
+                          f"{cfg.gradient_accumulation_steps * 2} (same effective batch)")
+        advice.append(f"a smaller train.max_length (now {cfg.max_length})")
+        if not adapter_cfg.gradient_checkpointing:
+            advice.append("adapter.gradient_checkpointing: true")
+        if model_cfg.quantization.method != "4bit":
+            advice.append("model.quantization.method: 4bit (QLoRA)")
+        raise TrainingOutOfMemory(
+            f"training ran out of {device} ({text.splitlines()[0][:200]}). Try: " + "; ".join(advice)
+            + ". Checkpoints written so far are kept: rerun to resume."
+        ) from exc
 
 
 def last_checkpoint(directory: Path) -> Optional[Path]:
