@@ -66,6 +66,7 @@ class ModelConfig(_Section):
     dtype: Dtype = Field("bfloat16", description="dtype of the unquantized weights")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = Field(False, description="load pickled .bin weights (runs code from the file)")
     quantization: QuantizationConfig = QuantizationConfig()
 
     @model_validator(mode="after")

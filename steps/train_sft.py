@@ -38,5 +38,7 @@ def train_sft(
         callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
     )
     metrics = result.metrics()
+    if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
+        tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})
     log_metadata(metadata=metrics)
     return CheckpointDir(out, temporary=True), metrics

@@ -129,3 +129,20 @@ messages = st.lists(st.fixed_dictionaries({"role": roles, "content": st.text(min
 def test_a_well_formed_conversation_is_accepted_exactly_when_it_ends_with_the_assistant(conversation):
     problem = row_problem({"messages": conversation})
     assert (problem is None) == (conversation[-1]["role"] == "assistant")
+
+
+def test_pickled_weights_load_only_when_explicitly_allowed(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llm_engineering.model.loading import load_model
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    cfg = ModelConfig(source="local", name_or_path=str(pickled), dtype="float32")
+    with pytest.raises(ModelLoadError, match="pickled .bin checkpoints are refused"):
+        load_model(cfg)
+    allowed = load_model(cfg.model_copy(update={"allow_pickle_weights": True}))
+    assert torch.equal(allowed.model.embed_tokens.weight, model.model.embed_tokens.weight)

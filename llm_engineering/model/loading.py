@@ -51,10 +51,11 @@ def checkpoint_location(cfg: ModelConfig) -> str:
             raise ModelLoadError(f"model.name_or_path: local checkpoint directory not found: {path}")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"model.name_or_path: {path} has no config.json (not a Hugging Face checkpoint)")
-        if not any(path.glob("*.safetensors")):
+        if not any(path.glob("*.safetensors")) and not cfg.allow_pickle_weights:
             raise ModelLoadError(
                 f"model.name_or_path: {path} has no *.safetensors weights "
-                "(pickled .bin checkpoints are refused; convert them to safetensors)"
+                "(pickled .bin checkpoints are refused; convert them to safetensors, or set "
+                "model.allow_pickle_weights: true if you trust the file)"
             )
         return str(path.resolve())
     return cfg.name_or_path
@@ -114,6 +115,8 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
         check_quantization_backend(cfg)
     if cfg.trust_remote_code:
         logger.warning("trust_remote_code=True: code from %s will run on this machine", display_name(cfg))
+    if cfg.allow_pickle_weights:
+        logger.warning("allow_pickle_weights=True: pickled weights of %s may run code when loaded", display_name(cfg))
     quantization = bnb_config(cfg) if quantize else None
     torch_dtype = DTYPES[dtype or cfg.dtype]
     if quantization is not None and getattr(quantization, "load_in_4bit", False):
@@ -128,7 +131,7 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
             device_map=device_map,
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=True,
+            use_safetensors=None if cfg.allow_pickle_weights else True,
         )
     except OSError as exc:
         raise ModelLoadError(f"could not load model {display_name(cfg)}: {exc}") from exc
