@@ -40,34 +40,35 @@ class FidelityReport:
         return {f"merge_{k}": v for k, v in asdict(self).items() if isinstance(v, (int, float))}
 
 
-def trained_view_weights(model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The base linear weights as the adapter saw them during training, in fp32 (dequantized if quantized)."""
+def trained_view(weight: torch.Tensor, model_cfg: ModelConfig) -> torch.Tensor:
+    """A linear weight as training saw it, in fp32: quantized then dequantized exactly as transformers + bitsandbytes
+    do on load (cast to the load dtype, quantize), or just rounded to the load dtype when not quantized."""
     import bitsandbytes as bnb
 
-    model = load_model(model_cfg)  # exactly as the training step loaded it
-    weights = {}
-    for name, module in model.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            w = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-        elif isinstance(module, bnb.nn.Linear8bitLt):
-            w = bnb.functional.int8_vectorwise_dequant(module.weight.CB, module.weight.SCB)
-        elif isinstance(module, torch.nn.Linear):
-            w = module.weight.data
-        else:
-            continue
-        weights[f"{name}.weight"] = w.detach().to(device="cpu", dtype=torch.float32).clone()
-    del model
-    return weights
+    q = model_cfg.quantization
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where transformers would have quantized it
+    if q.method == "4bit":
+        storage = torch.uint8 if q.quant_storage == "uint8" else DTYPES[q.quant_storage]
+        param = bnb.nn.Params4bit(weight.to(DTYPES[q.compute_dtype]), requires_grad=False, quant_type=q.quant_type,
+                                  compress_statistics=q.double_quant, quant_storage=storage).to(device)
+        return bnb.functional.dequantize_4bit(param.data, param.quant_state).float().to(weight.device)
+    if q.method == "8bit":
+        cb, scb, _ = bnb.functional.int8_vectorwise_quant(
+            weight.to(DTYPES[model_cfg.dtype]).contiguous().to(device=device, dtype=torch.float16))
+        return bnb.functional.int8_vectorwise_dequant(cb, scb).float().to(weight.device)
+    return weight.to(DTYPES[model_cfg.dtype]).float()
 
 
 def load_fp32_base(model_cfg: ModelConfig, cfg: MergeConfig):
+    """The base in fp32; with `base_weights: dequantized` its linear layers (all but the output head: what
+    bitsandbytes quantizes and LoRA targets) hold the weights training saw."""
     model = load_model(model_cfg, quantize=False, dtype="float32")
     if cfg.base_weights == "dequantized":
-        weights = trained_view_weights(model_cfg)
-        params = dict(model.named_parameters())
-        for name, value in weights.items():
-            if name in params and params[name].shape == value.shape:
-                params[name].data.copy_(value.to(params[name].device))
+        output = model.get_output_embeddings()
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module is not output:
+                    module.weight.data = trained_view(module.weight.data, model_cfg)
     return model
 
 

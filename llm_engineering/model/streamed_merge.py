@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.model.loading import DTYPES, checkpoint_location
+from llm_engineering.model.merge import trained_view
 
 INDEX = "model.safetensors.index.json"
 ADAPTER_PREFIX = "base_model.model."
@@ -76,23 +77,6 @@ def lora_deltas(adapter_dir: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.
             module, _, kind = key.removeprefix(ADAPTER_PREFIX).rpartition(".lora_")
             pairs.setdefault(f"{module}.weight", {})[kind.split(".")[0]] = f.get_tensor(key).float()
     return {name: (p["A"], p["B"]) for name, p in pairs.items()}, scaling
-
-
-def trained_view(weight: torch.Tensor, model_cfg: ModelConfig) -> torch.Tensor:
-    """A linear weight as training saw it, in fp32: quantized and dequantized, or rounded to the load dtype."""
-    import bitsandbytes as bnb
-
-    q = model_cfg.quantization
-    if q.method == "4bit":
-        storage = torch.uint8 if q.quant_storage == "uint8" else DTYPES[q.quant_storage]
-        param = bnb.nn.Params4bit(weight.to(DTYPES[q.compute_dtype]), requires_grad=False, quant_type=q.quant_type,
-                                  compress_statistics=q.double_quant, quant_storage=storage).to("cpu")
-        return bnb.functional.dequantize_4bit(param.data, param.quant_state).float()
-    if q.method == "8bit":
-        # as transformers loads it: cast to the model dtype, then bitsandbytes quantizes from fp16
-        cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(DTYPES[model_cfg.dtype]).contiguous().to(torch.float16))
-        return bnb.functional.int8_vectorwise_dequant(cb, scb).float()
-    return weight.to(DTYPES[model_cfg.dtype]).float()
 
 
 def streamed_merge(model_cfg: ModelConfig, cfg: MergeConfig, adapter_dir: Path, output_dir: Path) -> StreamedMergeStats:
