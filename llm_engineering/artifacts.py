@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -22,3 +26,14 @@ class CheckpointDir:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
+
+
+@contextmanager
+def scratch_output(prefix: str) -> Iterator[Path]:
+    """A temporary directory for a step's output: removed if the step fails, handed to the materializer otherwise."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -1,11 +1,9 @@
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig
 from llm_engineering.model.adapter import check_init_supported, inject_adapter as inject, save_adapter
 from llm_engineering.model.loading import BaseModelRef, checkpoint_location, load_model
@@ -23,6 +21,6 @@ def inject_adapter(base_model: BaseModelRef, adapter: AdapterConfig) -> Annotate
         "target_modules": stats.target_modules,
         "lora_modules": stats.lora_module_count,
     })
-    out = Path(tempfile.mkdtemp(prefix="initial-adapter-"))
-    save_adapter(peft_model, out)
+    with scratch_output("initial-adapter-") as out:
+        save_adapter(peft_model, out)
     return CheckpointDir(out, temporary=True)

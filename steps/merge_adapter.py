@@ -1,5 +1,3 @@
-import tempfile
-from pathlib import Path
 from typing import Annotated, Tuple
 
 from datasets import Dataset
@@ -7,7 +5,7 @@ from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import MergeConfig
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.merge import merge_adapter as merge
@@ -18,8 +16,8 @@ def merge_adapter(
     base_model: BaseModelRef, trained_adapter: CheckpointDir, eval_dataset: Dataset, merge_config: MergeConfig
 ) -> Tuple[Annotated[CheckpointDir, "merged_model"], Annotated[dict, "merge_report"]]:
     """merge_and_unload into full-precision weights; fails before export if merged logits drift from the adapter's."""
-    out = Path(tempfile.mkdtemp(prefix="merged-model-"))
-    report = merge(base_model.config, merge_config, trained_adapter.path, eval_dataset.to_list(), out)
+    with scratch_output("merged-model-") as out:
+        report = merge(base_model.config, merge_config, trained_adapter.path, eval_dataset.to_list(), out)
     tracking.log_metrics(report.metrics())
     tracking.log_dict(report.__dict__, "merge_fidelity.json")
     log_metadata(metadata=report.metrics())

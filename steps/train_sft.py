@@ -1,5 +1,3 @@
-import tempfile
-from pathlib import Path
 from typing import Annotated, Tuple
 
 from datasets import Dataset
@@ -7,7 +5,7 @@ from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.training import train_adapter
@@ -31,12 +29,12 @@ def train_sft(
         key = training_key(base_model.config, base_model.weights_sha256, adapter, train, data_summary["fingerprint"],
                            files=(initial_adapter.path / "adapter_model.safetensors",))
         checkpoints = durable_checkpoint_dir(key, train.checkpoint_dir)
-    out = Path(tempfile.mkdtemp(prefix="trained-adapter-"))
-    result = train_adapter(
-        base_model.config, adapter, train, initial_adapter.path,
-        train_dataset.to_list(), eval_dataset.to_list(), out,
-        callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
-    )
+    with scratch_output("trained-adapter-") as out:
+        result = train_adapter(
+            base_model.config, adapter, train, initial_adapter.path,
+            train_dataset.to_list(), eval_dataset.to_list(), out,
+            callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
+        )
     metrics = result.metrics()
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
         tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})

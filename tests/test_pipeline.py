@@ -2,6 +2,7 @@
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -140,8 +141,11 @@ def test_a_failed_step_keeps_earlier_work_and_the_rerun_continues_from_it_withou
     parameters = tiny_parameters(tiny_model_dir, learning_rate=4e-3)
     parameters["export"] = {"output_dir": "outputs/tiny-retry", "registered_model_name": "tiny-retry"}
     parameters["merge"]["max_logit_diff"] = 1e-12  # no merge is that exact: the merge step fails
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("merged-model-*"))
     failed = run_pipeline(root, write_config(root / "strict.yaml", parameters), env=PLANTED)
     assert failed.returncode != 0 and "nothing was exported" in failed.stdout + failed.stderr
+    assert set(scratch.glob("merged-model-*")) == before  # the failed step's scratch output was removed
     assert not (root / "outputs" / "tiny-retry").exists()
     assert mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='tiny-retry'") == []
 
