@@ -96,11 +96,3 @@ def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new
         samples=samples,
     )
 
-
-def evaluate_checkpoint(load, rows: list[dict], cfg) -> EvalResult:
-    """Load a model with `load()` -> (model, tokenizer), score it on `rows` per EvalConfig `cfg`, free it."""
-    model, tokenizer = load()
-    try:
-        return evaluate_generation(model, tokenizer, rows[: cfg.max_rows], cfg.metric, cfg.max_new_tokens, cfg.batch_size)
-    finally:
-        del model

@@ -8,7 +8,7 @@ import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir
 from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
-from llm_engineering.evaluation import evaluate_checkpoint, evaluate_generation
+from llm_engineering.evaluation import evaluate_generation
 from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
 from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
 
@@ -29,12 +29,12 @@ def export_model(
     """Score base vs fine-tuned, write the servable directory atomically, verify it reloads, register it in MLflow."""
     config = RunConfig.model_validate(run_config)
     rows = eval_dataset.to_list()[: evaluation.max_rows]
-    base = evaluate_checkpoint(
-        lambda: (load_model(base_model.config, quantize=False, dtype=config.merge.dtype), load_tokenizer(base_model.config)),
-        rows, evaluation,
-    )
+    settings = (evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
+    base_weights = load_model(base_model.config, quantize=False, dtype=config.merge.dtype)
+    base = evaluate_generation(base_weights, load_tokenizer(base_model.config), rows, *settings)
+    del base_weights
     model, tokenizer = load_exported(merged_model.path)
-    tuned = evaluate_generation(model, tokenizer, rows, evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
+    tuned = evaluate_generation(model, tokenizer, rows, *settings)
     metrics = {**base.metrics("base"), **tuned.metrics("finetuned"), **training_metrics}
     metrics.update({f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))})
 

@@ -159,10 +159,13 @@ def load_base(cfg: ModelConfig):
     model = load_model(cfg)
     seconds = time.perf_counter() - start
     location = checkpoint_location(cfg)
+    revision = getattr(model.config, "_commit_hash", None) if cfg.source == "hub" else None
     ref = BaseModelRef(
-        config=cfg,
+        # later steps load `ref.config`: pin a hub model to the commit loaded here, so a push to the hub
+        # between steps cannot change the weights under the adapter
+        config=cfg.model_copy(update={"revision": revision}) if revision else cfg,
         display_name=display_name(cfg),
-        revision=getattr(model.config, "_commit_hash", None) if cfg.source == "hub" else None,
+        revision=revision,
         weights_sha256=weights_sha256(location),
         num_parameters=model.num_parameters(),
         footprint_bytes=model.get_memory_footprint(),
