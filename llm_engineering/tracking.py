@@ -56,6 +56,13 @@ def log_text(text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
 
+def log_artifact(path, artifact_path: Optional[str] = None) -> None:
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path)
+
+
 def log_table(rows: list[dict], artifact_file: str) -> None:
     if active_run_id() and rows:
         import mlflow

@@ -28,7 +28,9 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)
 
-    train_dataset, eval_dataset, data_summary = load_dataset(data=cfg.data)
+    train_dataset, eval_dataset, data_summary = load_dataset(
+        data=cfg.data, model=cfg.model, max_length=cfg.train.max_length
+    )
     base_model = load_base_model(model=cfg.model)
     initial_adapter = inject_adapter(base_model=base_model, adapter=cfg.adapter)
     trained_adapter, training_metrics = train_sft(

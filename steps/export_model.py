@@ -29,14 +29,18 @@ def export_model(
     """Score base vs fine-tuned, write the servable directory atomically, verify it reloads, register it in MLflow."""
     config = RunConfig.model_validate(run_config)
     rows = eval_dataset.to_list()[: evaluation.max_rows]
-    settings = (evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
-    base_weights = load_model(base_model.config, quantize=False, dtype=config.merge.dtype)
-    base = evaluate_generation(base_weights, load_tokenizer(base_model.config), rows, *settings)
-    del base_weights
     model, tokenizer = load_exported(merged_model.path)
-    tuned = evaluate_generation(model, tokenizer, rows, *settings)
-    metrics = {**base.metrics("base"), **tuned.metrics("finetuned"), **training_metrics}
-    metrics.update({f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))})
+    metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))}}
+    samples = []
+    if "messages" in eval_dataset.column_names:  # plain-text (continued pre-training) rows have no answer to score
+        settings = (evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
+        base_weights = load_model(base_model.config, quantize=False, dtype=config.merge.dtype)
+        base = evaluate_generation(base_weights, load_tokenizer(base_model.config), rows, *settings)
+        del base_weights
+        tuned = evaluate_generation(model, tokenizer, rows, *settings)
+        metrics.update({**base.metrics("base"), **tuned.metrics("finetuned")})
+        samples = [{"prompt": b.prompt, "reference": b.reference, "base_output": b.output,
+                    "finetuned_output": t.output} for b, t in zip(base.samples, tuned.samples)]
 
     card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
     out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
@@ -49,11 +53,7 @@ def export_model(
     tracking.log_metrics(metrics)  # all of them, so a run whose earlier steps were cached is complete too
     tracking.log_text(card, "model_card.md")
     tracking.log_dict(run_config, "run_config.yaml")
-    tracking.log_table(
-        [{"prompt": b.prompt, "reference": b.reference, "base_output": b.output, "finetuned_output": t.output}
-         for b, t in zip(base.samples, tuned.samples)],
-        "eval_samples.json",
-    )
+    tracking.log_table(samples, "eval_samples.json")
     registered = tracking.log_and_register_model(exported, exported_tokenizer, export.registered_model_name) or {}
     if export.push_to_hub:
         registered["hub_commit_url"] = push_to_hub(out, export.push_to_hub, export.hub_private)

@@ -23,7 +23,6 @@ def train_sft(
     train: TrainConfig,
 ) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[dict[str, float], "training_metrics"]]:
     """TRL SFT of the adapter; loss curves stream to MLflow, the trained adapter is the output."""
-    tracking.log_dataset(train_dataset, name="train", digest=data_summary["fingerprint"], context="training")
     checkpoints = None
     if train.checkpoint_steps:
         key = training_key(base_model.config, base_model.weights_sha256, adapter, train, data_summary["fingerprint"],

@@ -65,3 +65,19 @@ def small_data_cfg() -> DataConfig:
 @pytest.fixture
 def lora_cfg() -> AdapterConfig:
     return AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded SmolLM2 tokenizer with its own (ChatML) template, as the default run uses it."""
+    from llm_engineering.model.loading import load_tokenizer
+
+    return load_tokenizer(ModelConfig())
+
+
+def prepared(data_cfg: DataConfig, max_length: int = 256):
+    """Rows as the dataset step hands them on (normalised, tokenized, masked, split)."""
+    from llm_engineering.data.prepare import prepare
+    from llm_engineering.model.loading import load_tokenizer
+
+    return prepare(data_cfg, load_tokenizer(ModelConfig()), max_length)

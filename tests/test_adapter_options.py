@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llm_engineering.config import AdapterConfig, ConfigError, DataConfig, MergeConfig, TrainConfig, load_run_config
-from llm_engineering.data.sources import load_split
+from tests.conftest import prepared
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, resolve_target_modules, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
 from llm_engineering.model.merge import merge_adapter
@@ -53,7 +53,7 @@ def test_option_injects_counts_trains_and_merges_faithfully(name, tiny_qlora_cfg
     assert stats.trainable_parameters == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     save_adapter(peft_model, tmp_path / "initial")
 
-    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    split = prepared(DataConfig(num_rows=24, eval_rows=4))
     result = train_adapter(tiny_qlora_cfg, cfg, TRAIN, tmp_path / "initial", split.train, split.eval, tmp_path / "ad")
     assert result.steps == TRAIN.max_steps and result.final_train_loss == result.final_train_loss  # ran, not NaN
     report = merge_adapter(tiny_qlora_cfg, MergeConfig(dtype="float32"), tmp_path / "ad", split.eval, tmp_path / "m")
@@ -109,7 +109,7 @@ def test_data_driven_inits_train_and_merge_faithfully(init, tiny_model_dir, tmp_
     assert b.abs().max() > 0  # unlike the default init, B starts non-zero
     save_adapter(peft_model, tmp_path / "initial")
 
-    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    split = prepared(DataConfig(num_rows=24, eval_rows=4))
     train_adapter(model_cfg, cfg, TRAIN, tmp_path / "initial", split.train, split.eval, tmp_path / "ad")
     merge = MergeConfig(base_weights="original" if init.startswith("pissa") else "dequantized", dtype="float32")
     report = merge_adapter(model_cfg, merge, tmp_path / "ad", split.eval, tmp_path / "m")
@@ -138,7 +138,7 @@ def test_pissa_export_equals_the_trained_residual_model(tiny_model_dir, tmp_path
     cfg = AdapterConfig(r=4, alpha=4, dropout=0.0, target_modules="all-linear", init_lora_weights="pissa")
     peft_model, _ = inject_adapter(load_model(model_cfg), cfg)
     save_adapter(peft_model, tmp_path / "initial")
-    split = load_split(DataConfig(num_rows=24, eval_rows=4))
+    split = prepared(DataConfig(num_rows=24, eval_rows=4))
     trainer = build_trainer(peft_model, load_tokenizer(model_cfg), model_cfg, cfg, TRAIN,
                             split.train, split.eval, tmp_path / "scratch")
     trainer.train()

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_engineering.config import AdapterConfig, ConfigError, ModelConfig, TrainConfig, load_run_config
-from llm_engineering.data.sources import DataError, read_rows_file, row_problem, validate_rows
+import re
+
+from llm_engineering.config import DataConfig
+from llm_engineering.data.formats import FORMATS, RowProblem, normalise
+from llm_engineering.data.prepare import prepare
+from llm_engineering.data.sources import DataError, read_file
 from llm_engineering.data.synthetic import booking_rows
 from llm_engineering.model.export import ExportError, check_target
 from llm_engineering.model.loading import ModelLoadError, load_tokenizer
@@ -22,24 +27,27 @@ def test_truncated_jsonl_names_the_broken_line(tmp_path):
     text = "\n".join(json.dumps(r) for r in booking_rows(3, seed=0))
     path.write_text(text[:-15])  # cut inside the last row, as an interrupted download would
     with pytest.raises(DataError, match=r"rows.jsonl: line 3 is not valid JSON"):
-        read_rows_file(path)
+        read_file(path)
 
 
 def test_unsupported_extension_and_json_that_is_not_a_list(tmp_path):
-    (tmp_path / "rows.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"unsupported file type '.csv' \(expected .jsonl or .json\)"):
-        read_rows_file(tmp_path / "rows.csv")
+    (tmp_path / "rows.txt").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"unsupported file type '.txt' \(expected .jsonl, .json, .csv, .parquet\)"):
+        read_file(tmp_path / "rows.txt")
     (tmp_path / "rows.json").write_text('{"messages": []}')
     with pytest.raises(DataError, match="expected a JSON list of rows, found dict"):
-        read_rows_file(tmp_path / "rows.json")
+        read_file(tmp_path / "rows.json")
 
 
-def test_a_dataset_with_no_valid_row_is_refused_with_the_count():
-    rows = [{"messages": [{"role": "user", "content": "hi"}]}] * 7
-    with pytest.raises(DataError, match=r"(?s)chat.jsonl: 7 of 7 rows are invalid:.*\.\.\. and 2 more"):
-        validate_rows(rows, "chat.jsonl")
+def test_a_dataset_with_no_valid_row_is_refused_with_the_count(tmp_path, tokenizer):
+    path = tmp_path / "chat.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n' * 7)
+    for policy in ("error", "skip"):  # skipping every row leaves nothing to train on: refused either way
+        with pytest.raises(DataError, match=r"(?s)chat.jsonl: 7 of 7 rows are invalid.*\.\.\. and 2 more"):
+            prepare(DataConfig(source="file", path=str(path), on_invalid=policy), tokenizer, 256)
+    (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DataError, match="no rows"):
-        validate_rows([], "empty.jsonl")
+        prepare(DataConfig(source="file", path=str(tmp_path / "empty.json")), tokenizer, 256)
 
 
 @pytest.mark.parametrize("tree, message", [
@@ -98,10 +106,19 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory():
             raise RuntimeError("shape mismatch")
 
 
+def row_problem(row, fmt):
+    try:
+        normalise(row, fmt)
+    except RowProblem as problem:
+        return str(problem)
+    return None
+
+
+KEYS = ["messages", "role", "content", "text", "system", "user", "assistant", "conversations", "from", "value",
+        "human", "gpt", "instruction", "input", "output", "prompt", "completion"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
-        ["messages", "role", "content", "text", "system", "user", "assistant"]), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
     max_leaves=12,
 )
 
@@ -111,12 +128,13 @@ row_like = json_values | st.fixed_dictionaries({"messages": st.lists(message_lik
 
 
 @settings(max_examples=400, deadline=None)
-@given(row_like)
-def test_the_row_validator_never_crashes_and_always_gives_a_reason(row):
-    problem = row_problem(row)
+@given(row_like, st.sampled_from(FORMATS))
+def test_the_row_validator_never_crashes_and_always_gives_a_reason(row, fmt):
+    problem = row_problem(row, fmt)
     assert problem is None or (isinstance(problem, str) and problem)
-    if problem is None:  # anything it accepts is a trainable conversation
-        assert row["messages"][-1]["role"] == "assistant"
+    if problem is None:  # anything it accepts is trainable text or a conversation ending with the assistant
+        normalised = normalise(row, fmt)
+        assert normalised.get("text", "").strip() or normalised["messages"][-1]["role"] == "assistant"
 
 
 roles = st.sampled_from(["system", "user", "assistant"])
@@ -126,9 +144,10 @@ messages = st.lists(st.fixed_dictionaries({"role": roles, "content": st.text(min
 
 @settings(max_examples=200, deadline=None)
 @given(messages)
-def test_a_well_formed_conversation_is_accepted_exactly_when_it_ends_with_the_assistant(conversation):
-    problem = row_problem({"messages": conversation})
-    assert (problem is None) == (conversation[-1]["role"] == "assistant")
+def test_a_well_formed_conversation_is_accepted_exactly_when_its_turns_are_in_order(conversation):
+    problem = row_problem({"messages": conversation}, "messages")
+    roles = " ".join(m["role"] for m in conversation)
+    assert (problem is None) == bool(re.fullmatch(r"(system )?(user assistant)( user assistant)*", roles))
 
 
 def test_pickled_weights_load_only_when_explicitly_allowed(tiny_model_dir, tmp_path):

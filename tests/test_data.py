@@ -1,12 +1,19 @@
+"""The dataset stage: every format and file type, row-by-row validation with a policy, splits and lineage."""
+
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
-from llm_engineering.config import DataConfig
-from llm_engineering.data.sources import (
-    DataError, load_split, read_rows_file, to_prompt_completion, validate_rows,
-)
+from llm_engineering.config import DataConfig, load_run_config_file
+from llm_engineering.data.prepare import prepare
+from llm_engineering.data.sources import DataError, read_file
 from llm_engineering.data.synthetic import booking_rows
+from tests.conftest import prepared
+
+SAMPLES = Path(__file__).parent.parent / "data" / "samples"
+CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def test_synthetic_task_is_deterministic_and_seeded():
@@ -21,32 +28,60 @@ def test_synthetic_targets_are_the_fixed_json_shape():
         assert isinstance(record["party_size"], int) and len(record["time"]) == 5
 
 
-def test_split_is_seeded_and_disjoint():
+def test_split_is_seeded_and_disjoint(tokenizer):
     cfg = DataConfig(num_rows=60, eval_rows=10, seed=3)
-    first, again = load_split(cfg), load_split(cfg)
+    first, again = prepare(cfg, tokenizer, 256), prepare(cfg, tokenizer, 256)
     assert first == again
     assert (len(first.train), len(first.eval)) == (50, 10)
+    assert first.report.train_rows == 50 and first.report.rows_read == 60
     assert not {json.dumps(r) for r in first.train} & {json.dumps(r) for r in first.eval}
-    assert len(first.fingerprint) == 64
+    assert len(first.report.fingerprint) == 64
 
 
-def test_fingerprint_changes_with_content():
-    assert load_split(DataConfig(num_rows=30, eval_rows=5)).fingerprint != \
-        load_split(DataConfig(num_rows=30, eval_rows=5, seed=9)).fingerprint
+def test_fingerprint_changes_with_content_and_with_the_template(tokenizer, tmp_path):
+    base = prepare(DataConfig(num_rows=30, eval_rows=5), tokenizer, 256).report.fingerprint
+    assert base != prepare(DataConfig(num_rows=30, eval_rows=5, seed=9), tokenizer, 256).report.fingerprint
+    # the same rows trained on different tokens are different training data
+    assert base != prepare(DataConfig(num_rows=30, eval_rows=5, loss_on="all"), tokenizer, 256).report.fingerprint
 
 
-def test_local_jsonl_file_loads(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    rows = booking_rows(12, seed=0)
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    split = load_split(DataConfig(source="file", path=str(path), eval_rows=2))
-    assert len(split.train) + len(split.eval) == 12
+# Each sample file holds the same 60 booking conversations in another format (data/samples/make_samples.py).
+@pytest.mark.parametrize("path, fmt, columns", [
+    ("messages.jsonl", "messages", {}),
+    ("sharegpt.json", "sharegpt", {}),
+    ("alpaca.csv", "alpaca", {"system": "task", "instruction": "request", "output": "answer"}),
+    ("prompt_completion.parquet", "prompt_completion", {}),
+])
+def test_every_conversational_format_becomes_the_same_trained_answers(tokenizer, path, fmt, columns):
+    data = prepare(DataConfig(source="file", path=str(SAMPLES / path), columns=columns, eval_rows=5), tokenizer, 256)
+    assert data.report.format == fmt and data.report.rows_read == 60 and data.report.rows_invalid == 0
+    expected = {row["messages"][-1]["content"] for row in booking_rows(60, seed=7)}
+    answers = {r["messages"][-1]["content"] for r in data.train + data.eval}
+    assert answers == expected
+    trained = tokenizer.decode([t for t in data.train[0]["labels"] if t != -100])
+    assert trained == data.train[0]["messages"][-1]["content"] + "<|im_end|>"
 
 
-def test_local_json_list_loads(tmp_path):
-    path = tmp_path / "chat.json"
-    path.write_text(json.dumps(booking_rows(5, seed=0)))
-    assert len(read_rows_file(path)) == 5
+def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
+    data = prepare(DataConfig(source="file", path=str(SAMPLES / "text.jsonl"), eval_rows=5), tokenizer, 256)
+    row = data.train[0]
+    assert data.report.format == "text"
+    assert row["labels"] == row["input_ids"]
+    assert tokenizer.decode(row["input_ids"]) == row["text"] + tokenizer.eos_token
+
+
+def test_a_directory_of_files_is_read_as_one_dataset(tokenizer, tmp_path):
+    shutil.copy(SAMPLES / "messages.jsonl", tmp_path / "part-1.jsonl")
+    shutil.copy(SAMPLES / "messages.jsonl", tmp_path / "part-2.jsonl")
+    data = prepare(DataConfig(source="file", path=str(tmp_path), eval_rows=5), tokenizer, 256)
+    assert data.report.rows_read == 120
+
+
+def test_an_unrecognisable_dataset_names_its_columns_and_the_formats(tmp_path, tokenizer):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "a", "answer": "b"}\n')
+    with pytest.raises(DataError, match=r"cannot tell the dataset format from its columns \['answer', 'question'\]"):
+        prepare(DataConfig(source="file", path=str(path)), tokenizer, 256)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -62,44 +97,113 @@ def test_bad_files_are_named(tmp_path, content, message):
     elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message) as err:
-        read_rows_file(path)
+        read_file(path)
     assert str(path) in str(err.value)
 
 
-def test_every_bad_row_is_reported_with_number_and_reason():
-    good = booking_rows(1, seed=0)[0]
-    rows = [
-        good,
-        {"text": "no messages"},
-        {"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
-        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
-        {"messages": [{"role": "user", "content": "question, no answer"}]},
-    ]
+def test_a_broken_parquet_file_is_named(tmp_path):
+    (tmp_path / "rows.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"rows.parquet: not a readable Parquet file"):
+        read_file(tmp_path / "rows.parquet")
+
+
+GOOD = booking_rows(1, seed=0)[0]
+BAD_ROWS = [  # (row, reason the report must give)
+    ({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+     "message 0 has unknown role 'wizard'"),
+    ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
+     "message 0 has empty content"),
+    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]},
+     "message 0 content is int, not a string"),
+    ({"messages": [{"role": "user", "content": "question, no answer"}]}, "no assistant turn"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                   {"role": "assistant", "content": "c"}]}, "wrong turn order: message 1 is 'user', expected 'assistant'"),
+    ({"conversation": []}, "missing field 'messages'"),
+    ({"messages": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "x"}]},
+     "tokens after templating, longer than train.max_length=256"),
+]
+
+
+def write_rows(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_every_bad_row_is_reported_with_its_line_and_reason_before_any_model_loads(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "my.jsonl", [GOOD] * 3 + [row for row, _ in BAD_ROWS])
     with pytest.raises(DataError) as err:
-        validate_rows(rows, "my.jsonl")
+        prepare(DataConfig(source="file", path=str(path), eval_rows=1), tokenizer, 256)
     message = str(err.value)
-    assert "my.jsonl: 5 of 6 rows are invalid" in message
-    assert "row 1: missing 'messages' list" in message
-    assert "row 2: message 0 has unknown role 'wizard'" in message
-    assert "row 3: message 0 has empty content" in message
-    assert "row 4: message 0 content is int, not a string" in message
-    assert "row 5: the last message is not from the assistant" in message
+    assert "7 of 10 rows are invalid" in message and "... and 2 more" in message
+    for line, (_, reason) in enumerate(BAD_ROWS[:5], start=4):
+        assert f"my.jsonl line {line}: {reason}" in message
+    assert "data.on_invalid: skip" in message
 
 
-def test_eval_rows_must_leave_training_rows():
+def test_skip_policy_trains_on_the_valid_rows_and_reports_what_it_dropped(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "my.jsonl", [GOOD] * 3 + [row for row, _ in BAD_ROWS])
+    data = prepare(DataConfig(source="file", path=str(path), eval_rows=1, on_invalid="skip"), tokenizer, 256)
+    assert (data.report.rows_read, data.report.rows_invalid, len(data.train) + len(data.eval)) == (10, 7, 3)
+    assert data.report.invalid_examples[0].startswith(f"my.jsonl line 4: {BAD_ROWS[0][1]}")
+    assert data.report.metadata()["rows_invalid"] == 7
+
+
+def test_truncation_is_opt_in_and_counted(tmp_path, tokenizer):
+    long_row = BAD_ROWS[-1][0]
+    path = write_rows(tmp_path / "long.jsonl", [GOOD] * 3 + [long_row])
+    with pytest.raises(DataError, match="longer than train.max_length"):
+        prepare(DataConfig(source="file", path=str(path), eval_rows=1), tokenizer, 256)
+    # the long row's answer lies beyond max_length: truncating it would leave nothing to learn
+    with pytest.raises(DataError, match="no trained token left after truncation"):
+        prepare(DataConfig(source="file", path=str(path), eval_rows=1, truncate=True), tokenizer, 256)
+    answer_first = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok " * 300}]}
+    path = write_rows(tmp_path / "long.jsonl", [GOOD] * 3 + [answer_first])
+    data = prepare(DataConfig(source="file", path=str(path), eval_rows=1, truncate=True), tokenizer, 256)
+    assert data.report.rows_truncated == 1
+    assert max(len(r["input_ids"]) for r in data.train + data.eval) == 256
+
+
+def test_eval_rows_must_leave_training_rows(tokenizer):
     with pytest.raises(DataError, match="leaves no training rows"):
-        load_split(DataConfig(num_rows=10, eval_rows=10))
+        prepare(DataConfig(num_rows=10, eval_rows=10), tokenizer, 256)
 
 
-def test_hub_source_names_the_dataset_when_offline():
+def test_hub_source_names_the_dataset_when_offline(tokenizer):
     # HF_DATASETS_OFFLINE=1 (conftest): the real `datasets.load_dataset` call is made and refused.
     with pytest.raises(DataError, match="could not load hub dataset 'someone/some-chat-data'"):
-        load_split(DataConfig(source="hub", hub_id="someone/some-chat-data", hub_split="train"))
+        prepare(DataConfig(source="hub", hub_id="someone/some-chat-data", hub_split="train"), tokenizer, 256)
 
 
-def test_prompt_completion_trains_only_the_last_assistant_turn():
-    rows = booking_rows(2, seed=0)
-    columns = to_prompt_completion(rows)
-    assert [m["role"] for m in columns["prompt"][0]] == ["system", "user"]
-    assert columns["completion"][0] == [rows[0]["messages"][-1]]
+def test_hub_rows_go_through_the_same_formats(tokenizer, tmp_path, monkeypatch):
+    """Up to the network: a hub dataset that `datasets` returns (here from a local ShareGPT file)."""
+    import datasets
+
+    real = datasets.load_dataset
+    calls = []
+
+    def from_local(hub_id, name=None, split=None, revision=None):
+        calls.append((hub_id, name, split, revision))
+        return real("json", data_files=str(SAMPLES / "sharegpt.json"), split="train")
+
+    monkeypatch.setattr(datasets, "load_dataset", from_local)
+    cfg = DataConfig(source="hub", hub_id="org/chat", hub_config="en", hub_split="train", hub_revision="abc123",
+                     eval_rows=5)
+    data = prepare(cfg, tokenizer, 256)
+    assert calls == [("org/chat", "en", "train", "abc123")]
+    assert data.report.format == "sharegpt" and data.report.rows_read == 60
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("data_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_format_configs_prepare_their_sample_data(config, tokenizer):
+    run = load_run_config_file(config)
+    data = prepare(run.data, tokenizer, run.train.max_length)
+    assert data.report.rows_invalid == 0 and data.report.train_rows > 0
+
+
+def test_token_length_statistics_describe_the_training_rows():
+    data = prepared(DataConfig(num_rows=40, eval_rows=5))
+    stats = data.report.stats
+    lengths = sorted(len(r["input_ids"]) for r in data.train)
+    assert (stats["train_tokens_min"], stats["train_tokens_max"]) == (lengths[0], lengths[-1])
+    assert stats["train_tokens_total"] == sum(lengths)
+    assert 0 < stats["train_trained_tokens"] < stats["train_tokens_total"]

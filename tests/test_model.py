@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, TrainConfig
-from llm_engineering.data.sources import load_split
+from tests.conftest import prepared
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, save_adapter
 from llm_engineering.model.export import (
     ExportError, load_exported, model_card, verify_export, verify_manifest, write_export,
@@ -62,7 +62,7 @@ def test_trainable_parameters_are_counted_exactly(tiny_model_cfg, lora_cfg):
 def test_labels_cover_the_completion_and_its_eos_but_not_padding(tiny_model_cfg, lora_cfg, small_data_cfg, tmp_path):
     tokenizer = load_tokenizer(tiny_model_cfg)
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the case where EOS is often never learned
-    split = load_split(small_data_cfg)
+    split = prepared(small_data_cfg)
     model, _ = inject_adapter(load_model(tiny_model_cfg), lora_cfg)
     trainer = build_trainer(model, tokenizer, tiny_model_cfg, lora_cfg, FAST_TRAIN, split.train, split.eval, tmp_path)
     rows = [trainer.train_dataset[i] for i in range(4)]
@@ -71,7 +71,7 @@ def test_labels_cover_the_completion_and_its_eos_but_not_padding(tiny_model_cfg,
         labels = batch["labels"][i]
         trained = labels[labels != -100].tolist()
         answer = split.train[i]["messages"][-1]["content"]
-        assert tokenizer.decode(trained) == answer + "<|im_end|>\n"
+        assert tokenizer.decode(trained) == answer + "<|im_end|>"  # the newline after it is context
         assert trained.count(tokenizer.eos_token_id) == 1  # its own EOS is trained; pad (same id) is not
     assert (batch["attention_mask"] == 0).any(), "the batch should contain padding for this check to mean anything"
 
@@ -83,7 +83,7 @@ def trained_qlora(tmp_path_factory, tiny_model_dir):
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
     adapter_cfg = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    split = load_split(DataConfig(num_rows=48, eval_rows=8))
+    split = prepared(DataConfig(num_rows=48, eval_rows=8))
     root = tmp_path_factory.mktemp("qlora")
     peft_model, _ = inject_adapter(load_model(model_cfg), adapter_cfg)
     save_adapter(peft_model, root / "initial")

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig
-from llm_engineering.data.sources import load_split
+from tests.conftest import prepared
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model
 from llm_engineering.model.training import last_checkpoint
@@ -27,7 +27,7 @@ def spec(tmp_path, model_cfg, name):
     initial = tmp_path / "initial"
     if not initial.exists():
         save_adapter(inject_adapter(load_model(model_cfg), adapter)[0], initial)
-    split = load_split(DataConfig(num_rows=72, eval_rows=4))
+    split = prepared(DataConfig(num_rows=72, eval_rows=4))
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({
         "model": model_cfg.model_dump(), "adapter": adapter.model_dump(),

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, ModelConfig, QuantizationConfig
-from llm_engineering.data.sources import load_split
+from tests.conftest import prepared
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model
 from llm_engineering.model.merge import merge_adapter
@@ -52,7 +52,7 @@ def test_streamed_merge_is_bit_identical_to_merge_and_unload(sharded_dir, tmp_pa
                             quantization=QuantizationConfig(method=method, compute_dtype="bfloat16"))
     adapter = make_adapter(model_cfg, tmp_path / "adapter", use_rslora=(method == "none"))
     cfg = MergeConfig(base_weights=base_weights, dtype="float32", max_logit_diff=1.0)
-    rows = load_split(DataConfig(num_rows=10, eval_rows=2)).eval
+    rows = prepared(DataConfig(num_rows=10, eval_rows=2)).eval
 
     merge_adapter(model_cfg, cfg, adapter, rows, tmp_path / "in_memory")
     stats = streamed_merge(model_cfg, cfg, adapter, tmp_path / "streamed")
@@ -80,7 +80,7 @@ def test_streamed_method_in_merge_adapter_checks_fidelity_against_the_model_as_t
     model_cfg = ModelConfig(source="local", name_or_path=str(sharded_dir), dtype="float32",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
     adapter = make_adapter(model_cfg, tmp_path / "adapter")
-    rows = load_split(DataConfig(num_rows=10, eval_rows=2)).eval
+    rows = prepared(DataConfig(num_rows=10, eval_rows=2)).eval
     # the reference runs through bitsandbytes' 4-bit CPU kernels: a looser bound than the fp32-vs-fp32 in-memory check
     cfg = MergeConfig(method="streamed", dtype="float32", max_logit_diff=1e-2)
     report = merge_adapter(model_cfg, cfg, adapter, rows, tmp_path / "ok")

@@ -1,24 +1,21 @@
-"""Load training rows from the synthetic task, a local JSON/JSONL file or a Hugging Face hub dataset.
+"""Read raw rows from the synthetic task, local files (JSONL, JSON, CSV, Parquet, or a directory of them) or the hub.
 
-Every source is normalised to rows of `{"messages": [{"role", "content"}, ...]}` and validated row by row before
-anything heavy happens. For training, a row becomes TRL's conversational prompt/completion pair: the last assistant
-turn is the completion (trained, with its end-of-turn token), everything before it is the prompt (context only).
+Rows come back as they are in the source, each with a location a user can find it by ("chat.jsonl line 12",
+"train.csv row 3"); formats.py normalises and checks them.
 """
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from llm_engineering.config import DataConfig
 from llm_engineering.data.synthetic import booking_rows
 
-ROLES = {"system", "user", "assistant"}
-MAX_REPORTED = 5
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 class DataError(ValueError):
@@ -26,30 +23,44 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class SplitRows:
-    train: list[dict]
-    eval: list[dict]
-    fingerprint: str
+class RawRows:
+    rows: list[Any]
+    locations: list[str]
+    source: str  # what to call the dataset in messages
 
 
-def load_rows(cfg: DataConfig) -> list[dict]:
+def load_raw(cfg: DataConfig) -> RawRows:
     if cfg.source == "synthetic":
-        return booking_rows(cfg.num_rows, cfg.seed)
+        rows = booking_rows(cfg.num_rows, cfg.seed)
+        return RawRows(rows, [f"row {i}" for i in range(len(rows))], "synthetic task")
     if cfg.source == "file":
-        return read_rows_file(Path(cfg.path))
-    return read_hub_rows(cfg)
+        return read_path(Path(cfg.path).expanduser())
+    return read_hub(cfg)
 
 
-def read_rows_file(path: Path) -> list[dict]:
-    """A `.jsonl` file (one row per line) or a `.json` file holding a list of rows."""
+def read_path(path: Path) -> RawRows:
+    """One supported file, or every supported file of a directory (sorted by name, concatenated)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in FILE_TYPES and p.is_file())
+        if not files:
+            raise DataError(f"{path}: the directory has no {'/'.join(FILE_TYPES)} files")
+        parts = [read_file(f) for f in files]
+        return RawRows([r for p in parts for r in p.rows], [loc for p in parts for loc in p.locations], str(path))
+    return read_file(path)
+
+
+def read_file(path: Path) -> RawRows:
     if not path.is_file():
         raise DataError(f"dataset file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty")
+    if path.suffix not in FILE_TYPES:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected {', '.join(FILE_TYPES)})")
+    if path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
+    text = _text(path)
+    if path.suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
     if path.suffix == ".json":
         try:
             rows = json.loads(text)
@@ -57,10 +68,8 @@ def read_rows_file(path: Path) -> list[dict]:
             raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of rows, found {type(rows).__name__}")
-        return rows
-    if path.suffix != ".jsonl":
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected .jsonl or .json)")
-    rows = []
+        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
+    rows, locations = [], []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -68,12 +77,33 @@ def read_rows_file(path: Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: line {line_number} is not valid JSON: {exc.msg}") from None
-    return rows
+        locations.append(f"{path.name} line {line_number}")
+    return RawRows(rows, locations, str(path))
 
 
-def read_hub_rows(cfg: DataConfig) -> list[dict]:
+def _text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    return text
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: name the file either way
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+
+
+def read_hub(cfg: DataConfig) -> RawRows:
     import datasets
 
+    name = f"hub:{cfg.hub_id}"
     try:
         dataset = datasets.load_dataset(
             cfg.hub_id, name=cfg.hub_config, split=cfg.hub_split, revision=cfg.hub_revision
@@ -83,73 +113,5 @@ def read_hub_rows(cfg: DataConfig) -> list[dict]:
             f"could not load hub dataset '{cfg.hub_id}' (config={cfg.hub_config}, split={cfg.hub_split}, "
             f"revision={cfg.hub_revision}): {type(exc).__name__}: {exc}"
         ) from exc
-    if "messages" not in dataset.column_names:
-        raise DataError(f"hub dataset '{cfg.hub_id}' has no 'messages' column (columns: {dataset.column_names})")
-    return [{"messages": row} for row in dataset["messages"]]
-
-
-def row_problem(row: Any) -> str | None:
-    """Why a row cannot be trained on, or None if it can."""
-    if not isinstance(row, dict):
-        return f"expected an object, found {type(row).__name__}"
-    messages = row.get("messages")
-    if not isinstance(messages, list):
-        return "missing 'messages' list"
-    if not messages:
-        return "'messages' is empty"
-    for turn, message in enumerate(messages):
-        if not isinstance(message, dict):
-            return f"message {turn} is not an object"
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or role not in ROLES:
-            return f"message {turn} has unknown role {role!r} (allowed: {sorted(ROLES)})"
-        if not isinstance(content, str):
-            return f"message {turn} content is {type(content).__name__}, not a string"
-        if not content.strip():
-            return f"message {turn} has empty content"
-    if messages[-1]["role"] != "assistant":
-        return "the last message is not from the assistant (nothing to learn)"
-    return None
-
-
-def validate_rows(rows: list[Any], source: str) -> list[dict]:
-    problems = [(i, p) for i, row in enumerate(rows) if (p := row_problem(row)) is not None]
-    if problems:
-        listed = "\n".join(f"  row {i}: {p}" for i, p in problems[:MAX_REPORTED])
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        raise DataError(f"{source}: {len(problems)} of {len(rows)} rows are invalid:\n{listed}{more}")
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    return [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in rows]
-
-
-def fingerprint(rows: Iterable[dict]) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def split_rows(rows: list[dict], cfg: DataConfig) -> SplitRows:
-    """Seeded shuffle, optional cap, then the last `eval_rows` rows are held out."""
-    shuffled = list(rows)
-    random.Random(cfg.seed).shuffle(shuffled)
-    if cfg.max_rows:
-        shuffled = shuffled[: cfg.max_rows]
-    if cfg.eval_rows >= len(shuffled):
-        raise DataError(f"data.eval_rows={cfg.eval_rows} leaves no training rows out of {len(shuffled)}")
-    return SplitRows(train=shuffled[: -cfg.eval_rows], eval=shuffled[-cfg.eval_rows:], fingerprint=fingerprint(rows))
-
-
-def load_split(cfg: DataConfig) -> SplitRows:
-    source = {"synthetic": "synthetic task", "file": str(cfg.path), "hub": f"hub:{cfg.hub_id}"}[cfg.source]
-    return split_rows(validate_rows(load_rows(cfg), source), cfg)
-
-
-def to_prompt_completion(rows: list[dict]) -> dict[str, list]:
-    """Columns for TRL's conversational prompt/completion format (trains the final assistant turn only)."""
-    return {
-        "prompt": [r["messages"][:-1] for r in rows],
-        "completion": [r["messages"][-1:] for r in rows],
-    }
+    rows = dataset.to_list()
+    return RawRows(rows, [f"{cfg.hub_split} row {i}" for i in range(len(rows))], name)

@@ -22,6 +22,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from llm_engineering.data.templates import row_text
+
 MANIFEST = "SHA256SUMS"
 ADAPTER_SUBDIR = "adapter"
 
@@ -200,7 +202,7 @@ def verify_export(output_dir: Path, reference_model, rows: list[dict], tolerance
     model.eval()
     reference_model.eval()
     tokenizer.padding_side = "right"
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    texts = [row_text(tokenizer, r) for r in rows]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     reloaded = model(**batch.to(model.device)).logits.float().cpu()

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from llm_engineering.config import ModelConfig
+from llm_engineering.data.templates import TemplateError, apply_template
 from llm_engineering.model.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
 
 logger = logging.getLogger(__name__)
@@ -100,10 +101,10 @@ def load_tokenizer(cfg: ModelConfig):
     tokenizer = AutoTokenizer.from_pretrained(
         location, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
     )
-    if not tokenizer.chat_template:
-        raise ModelLoadError(f"the tokenizer of {display_name(cfg)} has no chat template")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        apply_template(tokenizer, cfg.chat_template)
+    except TemplateError as exc:
+        raise ModelLoadError(f"{display_name(cfg)}: {exc}") from None
     return tokenizer
 
 

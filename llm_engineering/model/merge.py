@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from llm_engineering.config import MergeConfig, ModelConfig
+from llm_engineering.data.templates import row_text
 from llm_engineering.model.loading import DTYPES, load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def merge_adapter(
     """Merge, check fidelity, save the merged model (in `cfg.dtype`, safetensors) with its tokenizer to `output_dir`."""
     tokenizer = load_tokenizer(model_cfg)
     tokenizer.padding_side = "right"
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in fidelity_rows[: cfg.fidelity_prompts]]
+    texts = [row_text(tokenizer, r) for r in fidelity_rows[: cfg.fidelity_prompts]]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     merge = _merge_streamed if cfg.method == "streamed" else _merge_in_memory

@@ -1,8 +1,9 @@
 """Supervised fine-tuning of the LoRA adapter with TRL's SFTTrainer.
 
-Rows are TRL conversational prompt/completion pairs, so the loss covers only the assistant completion, including its
-end-of-turn token (`<|im_end|>` for ChatML): the model learns to stop even where pad == eos, because padding is masked
-by the attention mask, not by token id.
+Rows arrive tokenized and masked by the dataset step (`input_ids`, `labels`: the assistant turns and their end-of-turn
+token are trained), so the model learns to stop even where pad == eos: padding is masked by the attention mask, not by
+token id. With `train.packing`, TRL packs rows best-fit into `max_length` sequences and collate.py keeps every row
+from attending to the others.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Optional
 import torch
 
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
-from llm_engineering.data.sources import to_prompt_completion
+from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
+from llm_engineering.data.stats import padding_fraction
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
 
@@ -38,6 +40,7 @@ class TrainResult:
     train_tokens: int
     tokens_per_second: float
     peak_memory_bytes: int
+    padding_fraction: float = 0.0  # of the token slots in shuffled, padded training batches
     resumed_from_step: int = 0
     log_history: list[dict] = field(default_factory=list)
 
@@ -51,6 +54,7 @@ class TrainResult:
             "train_tokens_per_second": self.tokens_per_second,
             "train_peak_memory_gib": self.peak_memory_bytes / 2**30,
             "train_resumed_from_step": self.resumed_from_step,
+            "train_padding_fraction": self.padding_fraction,
         }
         if self.eval_loss is not None:
             metrics["eval_loss"] = self.eval_loss
@@ -99,26 +103,40 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
         fp16=fp16,
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=adapter_cfg.gradient_checkpointing,
-        completion_only_loss=True,
         include_num_input_tokens_seen="non_padding",
+        dataset_kwargs={"skip_prepare_dataset": True},  # the dataset step already tokenized, masked and fitted
         report_to=[],  # metrics reach MLflow through the callbacks the caller passes
         disable_tqdm=True,
     )
 
 
 def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, output_dir, callbacks=None):
-    """TRL SFTTrainer over prompt/completion rows (TRL tokenizes with the chat template and masks the prompt)."""
-    from datasets import Dataset
-    from trl import SFTTrainer
+    """TRL SFTTrainer over rows the dataset step already templated, tokenized and masked."""
+    from trl import SFTTrainer, pack_dataset
 
+    train = token_dataset(train_rows)
+    if cfg.packing:  # packed once here, shuffled first so that each sequence mixes rows from the whole dataset
+        train = pack_dataset(train.shuffle(seed=cfg.seed), cfg.max_length, strategy="bfd")
     return SFTTrainer(
         model=model,
         args=sft_config(cfg, adapter_cfg, model_cfg, str(output_dir)),
-        train_dataset=Dataset.from_dict(to_prompt_completion(train_rows)),
-        eval_dataset=Dataset.from_dict(to_prompt_completion(eval_rows)),
+        train_dataset=train,
+        eval_dataset=token_dataset(eval_rows),
         processing_class=tokenizer,
+        data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg)),
         callbacks=callbacks,
     )
+
+
+def token_dataset(rows: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+
+
+def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
+    """Packed rows kept apart by flash attention's variable-length kernels (CUDA) instead of an L x L mask."""
+    return cfg.packing and model_cfg.attn_implementation == "flash_attention_2"
 
 
 def train_adapter(
@@ -157,7 +175,9 @@ def train_adapter(
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        with out_of_memory_advice(model_cfg, adapter_cfg, cfg):
+        packed = cfg.packing and not varlen_packing(cfg, model_cfg)
+        with out_of_memory_advice(model_cfg, adapter_cfg, cfg), \
+                (block_diagonal_attention(model) if packed else contextlib.nullcontext()):
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
@@ -180,6 +200,8 @@ def train_adapter(
         train_tokens=tokens,
         tokens_per_second=tokens / seconds if seconds else 0.0,
         peak_memory_bytes=peak_memory_bytes(),
+        padding_fraction=padding_fraction([len(ids) for ids in trainer.train_dataset["input_ids"]],
+                                          cfg.per_device_batch_size, cfg.seed),
         resumed_from_step=checkpoint_step(resume) if resume else 0,
         log_history=history,
     )

@@ -1,0 +1,50 @@
+"""Token-length statistics, the length histogram, and how much of a batch is padding with and without packing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Sequence
+
+
+def length_stats(lengths: Sequence[int], prefix: str) -> dict[str, float]:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        f"{prefix}_tokens_total": sum(ordered),
+        f"{prefix}_tokens_min": ordered[0],
+        f"{prefix}_tokens_mean": round(sum(ordered) / len(ordered), 2),
+        f"{prefix}_tokens_p50": pick(0.5),
+        f"{prefix}_tokens_p95": pick(0.95),
+        f"{prefix}_tokens_max": ordered[-1],
+    }
+
+
+def histogram(lengths: Sequence[int], max_length: int, path: Path) -> Path:
+    """A PNG of the token-length distribution with the max_length limit marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in step containers
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.2))
+    axes.hist(lengths, bins=min(50, max(5, len(set(lengths)))), color="#4878d0")
+    axes.axvline(max_length, color="#d65f5f", linestyle="--", label=f"max_length={max_length}")
+    axes.set_xlabel("tokens per row (after templating)")
+    axes.set_ylabel("rows")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def padding_fraction(lengths: Sequence[int], batch_size: int, seed: int = 0) -> float:
+    """Share of token slots that are padding when shuffled rows are batched and padded to the batch's longest row."""
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    slots = sum(max(batch) * len(batch) for batch in batches)
+    return 1 - sum(order) / slots if slots else 0.0

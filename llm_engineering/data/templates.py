@@ -1,0 +1,98 @@
+"""Chat templates: the tokenizer's own, a built-in one by name, or a Jinja file, checked before training.
+
+The chosen template is set on the tokenizer, so training, evaluation, the merge check and the exported tokenizer all
+render conversations the same way. A template must close an assistant turn with one token the model can learn to
+emit (its end-of-turn token); that token becomes the tokenizer's EOS so that generation stops on it, as it does in
+LLaMA-Factory. A template that would make the model unable to stop is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA_3 = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# Mistral-Instruct v0.1: no system role (the original template raises on one as well).
+MISTRAL = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('the mistral template has no ' + m['role'] + ' role') }}{% endif %}{% endfor %}"
+)
+ALPACA = (
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}"
+    "{% else %}{{ 'Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\\n\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}"
+    "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + eos_token + '\\n\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
+)
+BUILT_IN = {"chatml": CHATML, "llama-3": LLAMA_3, "mistral": MISTRAL, "alpaca": ALPACA}
+PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
+
+
+class TemplateError(ValueError):
+    """The chat template cannot be used with this tokenizer or this dataset."""
+
+
+def template_source(spec: str) -> str:
+    """The Jinja text for `model.chat_template` ("tokenizer" is handled by the caller)."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise TemplateError(f"model.chat_template: '{spec}' is neither a built-in template "
+                            f"({', '.join(['tokenizer', *BUILT_IN])}) nor an existing Jinja file")
+    return path.read_text(encoding="utf-8")
+
+
+def apply_template(tokenizer, spec: str) -> None:
+    """Set the configured template on `tokenizer` and make its end-of-turn token the EOS."""
+    if spec != "tokenizer":
+        tokenizer.chat_template = template_source(spec)
+    if not tokenizer.chat_template:
+        raise TemplateError("the tokenizer has no chat template: set model.chat_template "
+                            f"(one of {', '.join(BUILT_IN)}, or a Jinja file)")
+    end = end_of_turn(tokenizer)
+    if tokenizer.eos_token != end:
+        tokenizer.eos_token = end
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def end_of_turn(tokenizer) -> str:
+    """The single token that closes an assistant turn in the template (what the model must learn to emit)."""
+    prompt = render(tokenizer, PROBE[:1], generation_prompt=True)
+    full = render(tokenizer, PROBE)
+    if not full.startswith(prompt):
+        raise TemplateError("the chat template renders a conversation differently once the assistant has answered "
+                            "(the generation prompt is not a prefix of the answered conversation)")
+    tail = full[len(prompt):]
+    answer_at = tail.find(PROBE[1]["content"])
+    if answer_at < 0:
+        raise TemplateError("the chat template does not render the assistant's content")
+    closing = tail[answer_at + len(PROBE[1]["content"]):].strip()
+    ids = tokenizer(closing, add_special_tokens=False)["input_ids"] if closing else []
+    if len(ids) != 1:
+        found = f"'{closing}' ({len(ids)} tokens)" if closing else "nothing"
+        raise TemplateError(
+            f"the chat template closes an assistant turn with {found}, not with one token of this tokenizer's "
+            "vocabulary, so the model could not learn to stop; use a template whose end-of-turn token the "
+            "tokenizer has (e.g. one using eos_token)")
+    return closing
+
+
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def row_text(tokenizer, row: dict) -> str:
+    """A normalised row as the model reads it: the rendered conversation, or the plain text."""
+    return render(tokenizer, row["messages"]) if row.get("messages") else row["text"]

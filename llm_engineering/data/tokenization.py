@@ -1,0 +1,92 @@
+"""Template, tokenize and mask rows: `input_ids` plus `labels` with -100 on every token that is not trained.
+
+A conversation is cut into pieces at assistant turns by rendering the template on growing prefixes: the text up to
+the generation prompt is context, the assistant's reply up to and including its end-of-turn token is trained. Each
+piece is tokenized on its own (all pieces of all rows in one batched call of the fast tokenizer), exactly as at
+inference time, where the prompt is tokenized and the reply is generated after it. This needs no `{% generation %}`
+markers in the template, and it trains every assistant turn of a multi-turn conversation, not only the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from llm_engineering.data.formats import RowProblem
+from llm_engineering.data.templates import render
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: Optional[list[int]]
+    labels: Optional[list[int]]
+    problem: Optional[str] = None  # why the row cannot be used (None: usable)
+    truncated: bool = False
+
+
+def pieces(row: dict, tokenizer, loss_on: str) -> list[tuple[str, bool]]:
+    """The row's text as (piece, trained) in order; RowProblem when the template cannot render it consistently."""
+    if "text" in row:
+        return [(row["text"] + tokenizer.eos_token, True)]
+    messages = row["messages"]
+    try:
+        out, done = [], ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = render(tokenizer, messages[:i], generation_prompt=True)
+            answered = render(tokenizer, messages[: i + 1])
+            if not prompt.startswith(done) or not answered.startswith(prompt):
+                raise RowProblem(f"the chat template renders turn {i} differently once later turns are added, so "
+                                 "its assistant tokens cannot be located")
+            reply = answered[len(prompt):].rstrip()  # the newline after the end-of-turn token is context
+            out += [(prompt[len(done):], loss_on == "all"), (reply, True)]
+            done = prompt + reply
+        full = render(tokenizer, messages)
+    except RowProblem:
+        raise
+    except Exception as exc:  # jinja's raise_exception and template errors: the template cannot render this row
+        raise RowProblem(f"the chat template cannot render this row: {exc}") from None
+    if not full.startswith(done):
+        raise RowProblem("the chat template renders the whole conversation differently from its turns")
+    return [(text, trained) for text, trained in out if text]
+
+
+def tokenize_rows(rows: list[dict], tokenizer, loss_on: str, max_length: int, truncate: bool) -> list[Tokenized]:
+    cut: list[Optional[list[tuple[str, bool]]]] = []
+    problems: list[Optional[str]] = []
+    for row in rows:
+        try:
+            cut.append(pieces(row, tokenizer, loss_on))
+            problems.append(None)
+        except RowProblem as problem:
+            cut.append(None)
+            problems.append(str(problem))
+    texts = [text for row_pieces in cut if row_pieces for text, _ in row_pieces]
+    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    results = []
+    for row_pieces, problem in zip(cut, problems):
+        if row_pieces is None:
+            results.append(Tokenized(None, None, problem))
+            continue
+        input_ids, labels = [], []
+        for _, trained in row_pieces:
+            piece_ids = next(ids)
+            input_ids += piece_ids
+            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+        results.append(fit_length(input_ids, labels, max_length, truncate))
+    return results
+
+
+def fit_length(input_ids: list[int], labels: list[int], max_length: int, truncate: bool) -> Tokenized:
+    if len(input_ids) <= max_length:
+        return Tokenized(input_ids, labels)
+    if not truncate:
+        return Tokenized(None, None, f"{len(input_ids)} tokens after templating, longer than train.max_length="
+                                     f"{max_length} (raise it, or set data.truncate: true)")
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    if all(label == IGNORE for label in labels):
+        return Tokenized(None, None, f"no trained token left after truncation to train.max_length={max_length}")
+    return Tokenized(input_ids, labels, truncated=True)

@@ -1,0 +1,145 @@
+"""Templates, loss masks and packing: which tokens are trained, and that packed rows do not see each other."""
+
+import pytest
+import torch
+
+from llm_engineering.config import ModelConfig
+from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
+from llm_engineering.data.formats import RowProblem
+from llm_engineering.data.stats import padding_fraction
+from llm_engineering.data.templates import BUILT_IN
+from llm_engineering.data.tokenization import IGNORE, pieces, tokenize_rows
+from llm_engineering.model.loading import ModelLoadError, load_tokenizer
+
+MULTI_TURN = {"messages": [
+    {"role": "system", "content": "Be terse."},
+    {"role": "user", "content": "First question?"},
+    {"role": "assistant", "content": "First answer."},
+    {"role": "user", "content": "Second question?"},
+    {"role": "assistant", "content": "Second answer."},
+]}
+
+
+def trained_text(tokenizer, row, loss_on="assistant") -> list[str]:
+    """The trained spans of a tokenized row, decoded: consecutive trained tokens joined, spans separated."""
+    result = tokenize_rows([row], tokenizer, loss_on, 512, False)[0]
+    spans, current = [], []
+    for token, label in zip(result.input_ids, result.labels):
+        if label != IGNORE:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    return spans + ([tokenizer.decode(current)] if current else [])
+
+
+def test_multi_turn_trains_exactly_every_assistant_turn_with_its_end_of_turn_token(tokenizer):
+    # SmolLM2's ChatML template has no {% generation %} markers
+    assert "{% generation %}" not in tokenizer.chat_template
+    assert trained_text(tokenizer, MULTI_TURN) == ["First answer.<|im_end|>", "Second answer.<|im_end|>"]
+
+
+def test_loss_on_all_trains_the_whole_conversation(tokenizer):
+    result = tokenize_rows([MULTI_TURN], tokenizer, "all", 512, False)[0]
+    assert result.labels == result.input_ids
+    assert tokenizer.decode(result.input_ids) == tokenizer.apply_chat_template(MULTI_TURN["messages"],
+                                                                               tokenize=False).rstrip()
+
+
+def test_the_trained_tokens_are_those_the_model_generates_after_the_prompt(tokenizer):
+    """Masked pieces are tokenized as inference sees them: prompt with generation prompt, then the reply."""
+    row = {"messages": MULTI_TURN["messages"][:3]}
+    result = tokenize_rows([row], tokenizer, "assistant", 512, False)[0]
+    prompt = tokenizer.apply_chat_template(row["messages"][:2], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert result.input_ids[: len(prompt_ids)] == prompt_ids
+    assert all(label == IGNORE for label in result.labels[: len(prompt_ids)])
+    assert all(label != IGNORE for label in result.labels[len(prompt_ids):])
+
+
+@pytest.mark.parametrize("name, trained", [
+    ("chatml", ["First answer.<|im_end|>", "Second answer.<|im_end|>"]),
+    ("alpaca", ["First answer.<|im_end|>", "Second answer.<|im_end|>"]),  # alpaca closes a reply with eos_token
+])
+def test_built_in_templates_render_and_mask(tiny_model_dir, name, trained):
+    tokenizer = load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir), chat_template=name))
+    assert tokenizer.chat_template == BUILT_IN[name]
+    assert trained_text(tokenizer, MULTI_TURN) == trained
+
+
+def test_a_jinja_file_template_is_used_and_its_end_token_becomes_eos(tiny_model_dir, tmp_path):
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}"
+                        "{% if m['role'] == 'assistant' %}{{ '<|endoftext|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tokenizer = load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir),
+                                           chat_template=str(template)))
+    assert tokenizer.eos_token == "<|endoftext|>"  # generation now stops where the template ends a reply
+    assert trained_text(tokenizer, MULTI_TURN) == ["First answer.<|endoftext|>", "Second answer.<|endoftext|>"]
+
+
+def test_a_template_whose_turn_end_is_not_a_token_is_refused(tiny_model_dir):
+    # Llama-3's <|eot_id|> is not in SmolLM2's vocabulary: the model could never learn to stop
+    with pytest.raises(ModelLoadError, match=r"closes an assistant turn with '<\|eot_id\|>' \(\d+ tokens\)"):
+        load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir), chat_template="llama-3"))
+    with pytest.raises(ModelLoadError, match="neither a built-in template"):
+        load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir), chat_template="vicuna"))
+
+
+def test_a_template_that_cannot_render_a_row_is_reported_for_that_row(tiny_model_dir):
+    tokenizer = load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir), chat_template="mistral"))
+    with pytest.raises(RowProblem, match="the chat template cannot render this row: .*no system role"):
+        pieces(MULTI_TURN, tokenizer, "assistant")
+    no_system = {"messages": MULTI_TURN["messages"][1:]}
+    assert trained_text(tokenizer, no_system) == ["First answer.<|im_end|>", "Second answer.<|im_end|>"]
+
+
+def packed_and_alone_losses(model, rows, tokenizer, masked=True):
+    """Per-token losses of each row packed into one sequence, and of each row alone."""
+    collator = PackedCollator(pad_token_id=tokenizer.pad_token_id)
+    packed = {"input_ids": sum((r["input_ids"] for r in rows), []), "labels": sum((r["labels"] for r in rows), []),
+              "seq_lengths": [len(r["input_ids"]) for r in rows]}
+
+    def losses(batch):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        with torch.no_grad(), (block_diagonal_attention(model) if masked else torch.no_grad()):
+            logits = model(**inputs).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none")
+
+    together = losses(collator([packed]))[0]
+    alone = [losses(collator([r]))[0] for r in rows]
+    return together, alone
+
+
+def test_a_rows_loss_is_the_same_alone_and_packed_with_others(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import prepared
+    from llm_engineering.config import DataConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
+    together, alone = packed_and_alone_losses(model, rows, tokenizer)
+    start = 0
+    for row, row_losses in zip(rows, alone):
+        trained = torch.tensor(row["labels"][1:]) != IGNORE
+        packed_part = together[start : start + len(row["input_ids"]) - 1]
+        assert torch.allclose(packed_part[trained], row_losses[trained], atol=1e-5)
+        start += len(row["input_ids"])
+    # the check has teeth: without the block mask, later rows attend to earlier ones and their losses change
+    unmasked, _ = packed_and_alone_losses(model, rows, tokenizer, masked=False)
+    assert (unmasked - together).abs().max() > 1e-3
+
+
+def test_packing_removes_padding_from_rows_of_mixed_lengths():
+    lengths = [20, 200, 35, 180, 60, 150, 90, 240] * 8
+    assert padding_fraction(lengths, batch_size=4) > 0.3
+    # best-fit packing into 256-token sequences leaves only the tail of each sequence unused
+    from datasets import Dataset
+    from trl import pack_dataset
+
+    packed = pack_dataset(Dataset.from_dict({"input_ids": [[1] * n for n in lengths]}), 256, strategy="bfd")
+    packed_lengths = [len(ids) for ids in packed["input_ids"]]
+    assert sum(packed_lengths) == sum(lengths)
+    assert padding_fraction(packed_lengths, batch_size=4) < 0.15
