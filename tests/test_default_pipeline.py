@@ -25,6 +25,12 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path):
     assert metrics["finetuned_stop_rate"] == 1.0  # EOS learned: every eval generation ended by itself
     assert metrics["merge_max_abs_logit_diff"] <= 1e-3
     assert client.search_model_versions("name='smollm2-booking'")
+    # the data a user can inspect in MLflow: counts, length statistics, the histogram and the dataset input
+    assert (metrics["data_train_rows"], metrics["data_rows_invalid"]) == (440, 0)
+    assert 0 < metrics["data_train_trained_tokens"] < metrics["data_train_tokens_total"]
+    assert "data/token_lengths.png" in [a.path for a in client.list_artifacts(run.info.run_id, "data")]
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "train" and len(dataset_input.dataset.digest) == 32
 
     model, tokenizer = load_exported(tmp_path / "outputs" / "smollm2-booking")
     request = "Book a table for two at Casa Verde on Friday at 19:30 under the name Lee."
