@@ -143,3 +143,16 @@ def test_packing_removes_padding_from_rows_of_mixed_lengths():
     packed_lengths = [len(ids) for ids in packed["input_ids"]]
     assert sum(packed_lengths) == sum(lengths)
     assert padding_fraction(packed_lengths, batch_size=4) < 0.15
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "chatml", "alpaca", "mistral"])
+def test_the_fast_renderer_matches_apply_chat_template(tiny_model_dir, name):
+    from llm_engineering.data.templates import fast_renderer
+
+    tokenizer = load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir), chat_template=name))
+    messages = MULTI_TURN["messages"][1:]  # mistral has no system role
+    render = fast_renderer(tokenizer)
+    for end in range(1, len(messages) + 1):
+        for generation_prompt in (False, True):
+            assert render(messages[:end], generation_prompt) == tokenizer.apply_chat_template(
+                messages[:end], tokenize=False, add_generation_prompt=generation_prompt)

@@ -93,6 +93,21 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def fast_renderer(tokenizer):
+    """`render` for many rows: the template compiled once (transformers' own cached compiler and sandbox) and called
+    directly with the special tokens, skipping apply_chat_template's per-call conversions (tools, documents, copies)
+    that plain text messages do not need. Output is identical (tested); falls back to `render` if that moves."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(tokenizer.chat_template)
+    except (ImportError, AttributeError):
+        return lambda messages, generation_prompt=False: render(tokenizer, messages, generation_prompt)
+    specials = dict(tokenizer.special_tokens_map)
+    return lambda messages, generation_prompt=False: compiled.render(
+        messages=messages, add_generation_prompt=generation_prompt, **specials)
+
+
 def row_text(tokenizer, row: dict) -> str:
     """A normalised row as the model reads it: the rendered conversation, or the plain text."""
     return render(tokenizer, row["messages"]) if row.get("messages") else row["text"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from llm_engineering.data.formats import RowProblem
-from llm_engineering.data.templates import render
+from llm_engineering.data.templates import fast_renderer
 
 IGNORE = -100
 
@@ -26,46 +26,47 @@ class Tokenized:
     truncated: bool = False
 
 
-def pieces(row: dict, tokenizer, loss_on: str) -> list[tuple[str, bool]]:
+def pieces(row: dict, tokenizer, loss_on: str, render=None) -> list[tuple[str, bool]]:
     """The row's text as (piece, trained) in order; RowProblem when the template cannot render it consistently."""
     if "text" in row:
         return [(row["text"] + tokenizer.eos_token, True)]
+    render = render or fast_renderer(tokenizer)
     messages = row["messages"]
     try:
         out, done = [], ""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = render(tokenizer, messages[:i], generation_prompt=True)
-            answered = render(tokenizer, messages[: i + 1])
+            prompt = render(messages[:i], generation_prompt=True)
+            answered = render(messages[: i + 1])
             if not prompt.startswith(done) or not answered.startswith(prompt):
                 raise RowProblem(f"the chat template renders turn {i} differently once later turns are added, so "
                                  "its assistant tokens cannot be located")
             reply = answered[len(prompt):].rstrip()  # the newline after the end-of-turn token is context
             out += [(prompt[len(done):], loss_on == "all"), (reply, True)]
             done = prompt + reply
-        full = render(tokenizer, messages)
     except RowProblem:
         raise
     except Exception as exc:  # jinja's raise_exception and template errors: the template cannot render this row
         raise RowProblem(f"the chat template cannot render this row: {exc}") from None
-    if not full.startswith(done):
-        raise RowProblem("the chat template renders the whole conversation differently from its turns")
+    # validated rows end with the assistant, so the last `answered` was the whole conversation: nothing follows
     return [(text, trained) for text, trained in out if text]
 
 
 def tokenize_rows(rows: list[dict], tokenizer, loss_on: str, max_length: int, truncate: bool) -> list[Tokenized]:
     cut: list[Optional[list[tuple[str, bool]]]] = []
     problems: list[Optional[str]] = []
+    render = fast_renderer(tokenizer)
     for row in rows:
         try:
-            cut.append(pieces(row, tokenizer, loss_on))
+            cut.append(pieces(row, tokenizer, loss_on, render))
             problems.append(None)
         except RowProblem as problem:
             cut.append(None)
             problems.append(str(problem))
     texts = [text for row_pieces in cut if row_pieces for text, _ in row_pieces]
-    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    # the Rust tokenizer directly: one parallel batch, without building Python BatchEncodings
+    ids = iter(e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False))
     results = []
     for row_pieces, problem in zip(cut, problems):
         if row_pieces is None:
