@@ -150,6 +150,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(512, gt=0)
     packing: bool = Field(False, description="pack rows into max_length sequences, no attention across rows")
+    # The LM head on trained positions only: one matmul + fp32 cross-entropy (fastest on CPU), or TRL's tiled fused
+    # head (least memory for large vocabularies on GPU). auto: the first on CPU, the second on CUDA.
+    lm_head_loss: Literal["auto", "trained_positions", "trl_fused"] = "auto"
     logging_steps: int = Field(5, gt=0)
     eval_steps: int = Field(20, gt=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"

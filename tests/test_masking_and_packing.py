@@ -112,13 +112,14 @@ def packed_and_alone_losses(model, rows, tokenizer, masked=True):
     return together, alone
 
 
-def test_a_rows_loss_is_the_same_alone_and_packed_with_others(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_rows_loss_is_the_same_alone_and_packed_with_others(tiny_model_dir, tokenizer, attention):
     from transformers import AutoModelForCausalLM
 
     from tests.conftest import prepared
     from llm_engineering.config import DataConfig
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
     rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
     together, alone = packed_and_alone_losses(model, rows, tokenizer)
     start = 0

@@ -34,7 +34,9 @@ class PackedCollator(DataCollatorForLanguageModeling):
 
 @contextlib.contextmanager
 def block_diagonal_attention(model):
-    """While active, a forward with several rows per sequence (position ids restarting at 0) gets a block mask."""
+    """While active, a forward with several rows per sequence (position ids restarting at 0) gets a block mask
+    (transformers passes a 4-D mask to the attention as it is: bool for sdpa, additive float for eager)."""
+    eager = getattr(model.config, "_attn_implementation", None) == "eager"
 
     def widen_mask(module, args, kwargs):
         mask, positions = kwargs.get("attention_mask"), kwargs.get("position_ids")
@@ -44,7 +46,11 @@ def block_diagonal_attention(model):
         starts = (positions == 0) & mask
         if int(starts.sum(dim=1).max()) <= 1:
             return None  # one row per sequence: the model's own causal + padding mask is right
-        kwargs["attention_mask"] = block_causal_mask(starts, mask)
+        allowed = block_causal_mask(starts, mask)
+        if eager:  # eager attention adds the mask to the scores: it needs 0 / -inf, a bool mask would add 1 / 0
+            allowed = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed,
+                                                                                   torch.finfo(torch.float32).min)
+        kwargs["attention_mask"] = allowed
         return args, kwargs
 
     handle = model.register_forward_pre_hook(widen_mask, with_kwargs=True)

@@ -114,10 +114,13 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
     """TRL SFTTrainer over rows the dataset step already templated, tokenized and masked."""
     from trl import SFTTrainer, pack_dataset
 
+    from llm_engineering.model.trainer import TrainedPositionsSFTTrainer
+
+    trainer_class = TrainedPositionsSFTTrainer if trained_positions_loss(cfg) else SFTTrainer
     train = token_dataset(train_rows)
     if cfg.packing:  # packed once here, shuffled first so that each sequence mixes rows from the whole dataset
         train = pack_dataset(train.shuffle(seed=cfg.seed), cfg.max_length, strategy="bfd")
-    return SFTTrainer(
+    return trainer_class(
         model=model,
         args=sft_config(cfg, adapter_cfg, model_cfg, str(output_dir)),
         train_dataset=train,
@@ -132,6 +135,12 @@ def token_dataset(rows: list[dict]):
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+
+
+def trained_positions_loss(cfg: TrainConfig) -> bool:
+    if cfg.lm_head_loss == "auto":
+        return not torch.cuda.is_available()
+    return cfg.lm_head_loss == "trained_positions"
 
 
 def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:

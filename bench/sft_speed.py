@@ -1,0 +1,310 @@
+"""SFT speed, side by side: a plain TRL SFTTrainer script with library defaults vs our SFT step's training path.
+
+    python bench/sft_speed.py                       # CPU profile: embedded SmolLM2-135M, configs/default.yaml
+    python bench/sft_speed.py --levers              # ... plus one run per lever (ours with one setting changed)
+    python bench/sft_speed.py --profile gpu         # random-init Llama-3-8B shape, QLoRA NF4, packed to 2048
+    python bench/sft_speed.py --profile gpu --shape tiny   # the GPU profile's code path on a 2-layer model (CPU ok)
+
+Same model, rows, LoRA config, optimizer steps, effective batch and hardware for every variant; each runs in its own
+process (peak memory is its own). Reported per variant: non-padding training tokens/s and seconds/step after warm-up
+steps, peak memory (max RSS on CPU, max allocated on CUDA), model-FLOPs utilisation against the bf16 and fp32 matmul
+peaks this script measures first, and the mean train loss of the last steps (speed must not come from learning less).
+MFU counts 4·N FLOPs per token (N: all parameters): LoRA training runs the forward (2N) and the input-gradient
+backward (2N) of the frozen weights; their weight gradients are never computed. Needs torch, transformers, peft, trl,
+accelerate, bitsandbytes and datasets, not zenml or mlflow. Prints a table, writes JSON (--out).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=49152, max_position_embeddings=4096)
+# One setting changed from ours per lever: what each contributes (--levers)
+LEVERS = {
+    "ours: sdpa attention": {"model": {"attn_implementation": "sdpa"}},
+    "ours: TRL's tiled fused LM-head loss": {"train": {"lm_head_loss": "trl_fused"}},
+    "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
+    "ours: packing": {"train": {"packing": True}},
+    "ours: no quantization (bf16 weights)": {"model": {"quantization": {"method": "none"}}},
+}
+
+
+def matmul_peak(dtype: torch.dtype) -> float:
+    """GFLOP/s of a square matmul, the best of a few sizes."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    best = 0.0
+    for n in ((4096, 8192) if device == "cuda" else (1024, 2048)):
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+        for _ in range(3):
+            a @ b
+        repeats = max(3, int(2e11 / (2 * n**3))) if device == "cuda" else 6
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        for _ in range(3):  # best of three: the peak, not a noisy neighbour's share of it
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                a @ b
+            sync()
+            best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def run_config(profile: str, shape: str, model_dir: Path, overrides: dict):
+    """The RunConfig both paths share, from configs/default.yaml (CPU) or the GPU profile's settings."""
+    from llm_engineering.config import load_run_config, load_run_config_file
+
+    if profile == "cpu":
+        tree = load_run_config_file(ROOT / "configs" / "default.yaml").model_dump(mode="json")
+    else:
+        tree = {"model": {"source": "local", "name_or_path": str(model_dir), "dtype": "bfloat16",
+                          "quantization": {"method": "4bit", "compute_dtype": "bfloat16"}},
+                "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+                "train": {"max_length": 2048, "packing": True, "per_device_batch_size": 2, "learning_rate": 2e-4},
+                "data": {"num_rows": 4000 if shape == "8b" else 800, "eval_rows": 8}}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if isinstance(value, dict):
+                tree[section][key] = {**tree[section].get(key, {}), **value}
+            else:
+                tree[section][key] = value
+    return load_run_config(tree)
+
+
+def random_model_dir(shape: str, root: Path, tokenizer_dir: Path) -> Path:
+    """A random-init Llama of the given shape saved as bf16 safetensors (no downloads), with a real tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = root / f"llama-{shape}"
+    if (path / "config.json").is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(**(LLAMA3_8B if shape == "8b" else TINY), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False, dtype="bfloat16")
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path, max_shard_size="2GB")
+    tokenizer.save_pretrained(path)
+    del model
+    return path
+
+
+class Timer:
+    """Times optimizer steps after `warmup` and counts the non-padding tokens they trained on."""
+
+    def __init__(self, warmup: int):
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == warmup:
+                    timer.start, timer.tokens0 = time.perf_counter(), state.num_input_tokens_seen
+                timer.end, timer.tokens1, timer.steps = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+
+        self.callback = Callback()
+
+    def result(self, warmup: int, losses: list[float]) -> dict:
+        seconds, tokens, steps = self.end - self.start, self.tokens1 - self.tokens0, self.steps - warmup
+        return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / steps, "timed_steps": steps,
+                "final_loss": sum(losses[-3:]) / len(losses[-3:])}
+
+
+def child(variant: str, args) -> dict:
+    """Train one variant in this process and return its measurements."""
+    from llm_engineering.data.prepare import prepare
+    from llm_engineering.model.loading import load_model, load_tokenizer
+
+    overrides = LEVERS.get(variant, {})
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    cfg = run_config(args.profile, args.shape, model_dir, overrides)
+    steps = args.warmup + args.steps
+    train_cfg = cfg.train.model_copy(update={"max_steps": steps, "logging_steps": 1, "eval_steps": 10**6,
+                                             "checkpoint_steps": None})
+    tokenizer = load_tokenizer(cfg.model)
+    data = prepare(cfg.data, tokenizer, train_cfg.max_length)
+    timer = Timer(args.warmup)
+    n_params = None
+    with tempfile.TemporaryDirectory() as scratch:
+        if variant == "TRL defaults":
+            trainer = trl_defaults_trainer(cfg, train_cfg, data, scratch, timer.callback)
+        else:
+            from llm_engineering.model.adapter import inject_adapter
+            from llm_engineering.model.training import build_trainer
+
+            model, _ = inject_adapter(load_model(cfg.model), cfg.adapter)
+            trainer = build_trainer(model, tokenizer, cfg.model, cfg.adapter, train_cfg, data.train, data.eval,
+                                    scratch, callbacks=[timer.callback])
+        n_params = parameter_count(trainer.model.get_base_model().config)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        train(trainer, cfg, train_cfg)
+        heldout = heldout_loss(trainer.model, data.eval)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    result = timer.result(args.warmup, losses)
+    result["heldout_loss"] = heldout
+    result["peak_memory_gib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    result["params"] = n_params
+    result["model_tflop_per_s"] = 4 * n_params * result["tokens_per_s"] / 1e12
+    return result
+
+
+@torch.no_grad()
+def heldout_loss(model, rows: list[dict]) -> float:
+    """Mean loss per trained token on held-out rows, with our masks for every variant (TRL's own masks also train
+    the newline after <|im_end|>, an easy token that would flatter its train loss)."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]], device=device)
+        labels = torch.tensor([row["labels"]], device=device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        target = labels[0, 1:]
+        total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        count += int((target != -100).sum())
+    return total / count
+
+
+def parameter_count(config) -> int:
+    """N of the unquantized model (4-bit weights are packed two per byte, so counting them would halve N)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def train(trainer, cfg, train_cfg) -> None:
+    from llm_engineering.data.collate import block_diagonal_attention
+    from llm_engineering.model.training import varlen_packing
+
+    if train_cfg.packing and not varlen_packing(train_cfg, cfg.model) and not isinstance(trainer, PlainTRL):
+        with block_diagonal_attention(trainer.model):
+            trainer.train()
+    else:
+        trainer.train()
+
+
+class PlainTRL:
+    """Marker base for the baseline trainer."""
+
+
+def trl_defaults_trainer(cfg, train_cfg, data, output_dir, callback):
+    """What a user writes with TRL's docs: from_pretrained (+ bitsandbytes for the GPU profile), a LoraConfig,
+    SFTConfig defaults; TRL tokenizes the conversational prompt/completion rows itself. The training itself (steps,
+    batch, learning rate and its schedule) is the same as ours."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from llm_engineering.model.loading import checkpoint_location
+
+    location = checkpoint_location(cfg.model)
+    quantization = None
+    if cfg.model.source == "local":  # GPU profile: QLoRA as TRL's docs show it
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(location, quantization_config=quantization)
+    rows = data.train
+    dataset = Dataset.from_dict({"prompt": [r["messages"][:-1] for r in rows],
+                                 "completion": [r["messages"][-1:] for r in rows]})
+    batch = train_cfg.per_device_batch_size * (rows_per_sequence(data, train_cfg) if train_cfg.packing else 1)
+    args = SFTConfig(output_dir=output_dir, max_steps=train_cfg.max_steps, per_device_train_batch_size=batch,
+                     learning_rate=train_cfg.learning_rate, lr_scheduler_type=train_cfg.lr_scheduler,
+                     warmup_steps=train_cfg.warmup_ratio, max_length=train_cfg.max_length, logging_steps=1,
+                     use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", disable_tqdm=True,
+                     include_num_input_tokens_seen="non_padding")
+    adapter = LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=cfg.adapter.dropout,
+                         target_modules=cfg.adapter.target_modules, task_type="CAUSAL_LM")
+    trainer_class = type("PlainSFTTrainer", (SFTTrainer, PlainTRL), {})
+    return trainer_class(model=model, args=args, train_dataset=dataset, peft_config=adapter,
+                         processing_class=AutoTokenizer.from_pretrained(location), callbacks=[callback])
+
+
+def rows_per_sequence(data, train_cfg) -> int:
+    """How many rows one packed sequence holds on average: the baseline gets as many rows per step unpacked."""
+    mean = sum(len(r["input_ids"]) for r in data.train) / len(data.train)
+    return max(1, int(train_cfg.max_length // mean))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--profile", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--shape", choices=["8b", "tiny"], default="8b", help="GPU profile model shape")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--levers", action="store_true")
+    parser.add_argument("--out")
+    parser.add_argument("--child")
+    parser.add_argument("--model-dir")
+    parser.add_argument("--tokenizer-dir", help="GPU profile: tokenizer for the random model (default: embedded)")
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args)), flush=True)
+        return
+
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    variants = ["TRL defaults", "ours"] + (list(LEVERS) if args.levers else [])
+    extra = []
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.profile == "gpu":
+            from llm_engineering.model.embedded import embedded_model_dir
+
+            tokenizer_dir = Path(args.tokenizer_dir) if args.tokenizer_dir else embedded_model_dir()
+            extra = ["--model-dir", str(random_model_dir(args.shape, Path(scratch), tokenizer_dir))]
+        results = {}
+        for variant in variants:
+            command = [sys.executable, __file__, "--child", variant, "--profile", args.profile, "--shape", args.shape,
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), *extra]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+            results[variant] = json.loads(line[len("RESULT "):])
+            results[variant]["mfu_bf16"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["bf16"]
+            results[variant]["mfu_fp32"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["fp32"]
+            print(f"  {variant}: {results[variant]['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
+    report(args, peaks, results)
+
+
+def report(args, peaks: dict, results: dict) -> None:
+    base = results["TRL defaults"]["tokens_per_s"]
+    print(f"\nSFT speed, {args.profile} profile ({platform.processor() or platform.machine()}, "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'{os.cpu_count()} CPUs'}); "
+          f"measured matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
+    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'peak GiB':>9}{'MFU bf16':>9}{'MFU fp32':>9}"
+              f"{'train loss':>11}{'held-out':>9}")
+    print(header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
+              f"{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
+              f"{r['heldout_loss']:>9.4f}")
+    out = Path(args.out or ROOT / "bench" / "results" / f"sft_speed_{args.profile}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"profile": args.profile, "shape": args.shape, "steps": args.steps,
+                               "warmup": args.warmup, "peaks_gflops": peaks, "results": results}, indent=2))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
