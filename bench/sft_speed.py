@@ -44,26 +44,6 @@ LEVERS = {
 }
 
 
-def matmul_peak(dtype: torch.dtype) -> float:
-    """GFLOP/s of a square matmul, the best of a few sizes."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    best = 0.0
-    for n in ((4096, 8192) if device == "cuda" else (1024, 2048)):
-        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-        for _ in range(3):
-            a @ b
-        repeats = max(3, int(2e11 / (2 * n**3))) if device == "cuda" else 6
-        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-        for _ in range(3):  # best of three: the peak, not a noisy neighbour's share of it
-            sync()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                a @ b
-            sync()
-            best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
-    return best
-
-
 def run_config(profile: str, shape: str, model_dir: Path, overrides: dict):
     """The RunConfig both paths share, from configs/default.yaml (CPU) or the GPU profile's settings."""
     from llm_engineering.config import load_run_config, load_run_config_file
@@ -131,6 +111,7 @@ def child(variant: str, args) -> dict:
     """Train one variant in this process and return its measurements."""
     from llm_engineering.data.prepare import prepare
     from llm_engineering.model.loading import load_model, load_tokenizer
+    from llm_engineering.model.throughput import model_tflops, parameter_count
 
     overrides = LEVERS.get(variant, {})
     model_dir = Path(args.model_dir) if args.model_dir else None
@@ -163,7 +144,7 @@ def child(variant: str, args) -> dict:
     result["peak_memory_gib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     result["params"] = n_params
-    result["model_tflop_per_s"] = 4 * n_params * result["tokens_per_s"] / 1e12
+    result["model_tflop_per_s"] = model_tflops(result["tokens_per_s"], n_params)
     return result
 
 
@@ -182,15 +163,6 @@ def heldout_loss(model, rows: list[dict]) -> float:
         total += torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
         count += int((target != -100).sum())
     return total / count
-
-
-def parameter_count(config) -> int:
-    """N of the unquantized model (4-bit weights are packed two per byte, so counting them would halve N)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
 
 
 def train(trainer, cfg, train_cfg) -> None:
@@ -263,7 +235,9 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.child, args)), flush=True)
         return
 
-    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    from llm_engineering.model.throughput import matmul_peak_gflops
+
+    peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
     variants = ["TRL defaults", "ours"] + (list(LEVERS) if args.levers else [])
     extra = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -6,7 +6,8 @@ model asking for one position of logits (so it computes almost none itself), tak
 the rows whose next-token label is trained, and runs one LM-head matmul plus an fp32 cross-entropy on them.
 TRL's own fused head does the same selection in vocabulary tiles, which is what a large-vocabulary model on a GPU
 wants; on CPU its tiled bf16 log-softmax took half the step time here (bench/sft_speed.py), so
-`train.lm_head_loss: auto` picks per device. The model is still called as a whole, so DDP, PEFT and the packing mask hook all see the forward.
+`train.lm_head_loss: auto` picks per device. The model is still called as a whole, so DDP, PEFT and the packing
+mask hook all see the forward.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
 from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
 from llm_engineering.data.stats import padding_fraction
+from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
 
@@ -41,6 +42,8 @@ class TrainResult:
     tokens_per_second: float
     peak_memory_bytes: int
     padding_fraction: float = 0.0  # of the token slots in shuffled, padded training batches
+    model_tflops: float = 0.0  # 4·N·tokens/s (throughput.py)
+    matmul_peak_gflops: float = 0.0  # measured on this machine, in the compute dtype
     resumed_from_step: int = 0
     log_history: list[dict] = field(default_factory=list)
 
@@ -55,6 +58,9 @@ class TrainResult:
             "train_peak_memory_gib": self.peak_memory_bytes / 2**30,
             "train_resumed_from_step": self.resumed_from_step,
             "train_padding_fraction": self.padding_fraction,
+            "train_model_tflops": self.model_tflops,
+            "train_matmul_peak_gflops": self.matmul_peak_gflops,
+            "train_mfu": self.model_tflops * 1e3 / self.matmul_peak_gflops if self.matmul_peak_gflops else 0.0,
         }
         if self.eval_loss is not None:
             metrics["eval_loss"] = self.eval_loss
@@ -199,6 +205,9 @@ def train_adapter(
     history = trainer.state.log_history
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
     tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_per_second = tokens / seconds if seconds else 0.0
+    bf16_compute = mixed_precision(cfg, model_cfg)[0] or model.dtype == torch.bfloat16
+    compute_dtype = torch.bfloat16 if bf16_compute else torch.float32
     return TrainResult(
         adapter_dir=output_dir,
         first_train_loss=float(train_losses[0]) if train_losses else float("nan"),
@@ -207,7 +216,9 @@ def train_adapter(
         steps=trainer.state.global_step,
         train_seconds=round(seconds, 3),
         train_tokens=tokens,
-        tokens_per_second=tokens / seconds if seconds else 0.0,
+        tokens_per_second=tokens_per_second,
+        model_tflops=model_tflops(tokens_per_second, parameter_count(trainer.model.get_base_model().config)),
+        matmul_peak_gflops=matmul_peak_gflops(compute_dtype, sizes=(8192,) if torch.cuda.is_available() else (2048,)),
         peak_memory_bytes=peak_memory_bytes(),
         padding_fraction=padding_fraction([len(ids) for ids in trainer.train_dataset["input_ids"]],
                                           cfg.per_device_batch_size, cfg.seed),
