@@ -31,7 +31,7 @@ def train_sft(
     with scratch_output("trained-adapter-") as out:
         result = train_adapter(
             base_model.config, adapter, train, initial_adapter.path,
-            train_dataset.to_list(), eval_dataset.to_list(), out,
+            train_dataset, eval_dataset, out,  # token columns are taken as they are, not copied to Python lists
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )
     metrics = result.metrics()

@@ -137,9 +137,12 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
     )
 
 
-def token_dataset(rows: list[dict]):
+def token_dataset(rows):
+    """The trainer's columns, from the dataset step's `datasets.Dataset` (no copy) or from a list of rows."""
     from datasets import Dataset
 
+    if isinstance(rows, Dataset):
+        return rows.select_columns(["input_ids", "labels"])
     return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
 
 
@@ -159,8 +162,8 @@ def train_adapter(
     adapter_cfg: AdapterConfig,
     cfg: TrainConfig,
     initial_adapter: Path,
-    train_rows: list[dict],
-    eval_rows: list[dict],
+    train_rows,  # list of rows or the dataset step's datasets.Dataset
+    eval_rows,
     output_dir: Path,
     callbacks: Optional[list] = None,
     checkpoint_dir: Optional[Path] = None,
