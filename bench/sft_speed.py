@@ -42,9 +42,14 @@ LEVERS = {
     "ours: packing": {"train": {"packing": True}},
     "ours: no quantization (bf16 weights)": {"model": {"quantization": {"method": "none"}}},
 }
+PROFILED_STEPS = 2
+GPU_LEVERS = {
+    "ours: trained-positions LM-head loss": {"train": {"lm_head_loss": "trained_positions"}},
+    "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
+}
 
 
-def run_config(profile: str, shape: str, model_dir: Path, overrides: dict):
+def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch: int = 2):
     """The RunConfig both paths share, from configs/default.yaml (CPU) or the GPU profile's settings."""
     from llm_engineering.config import load_run_config, load_run_config_file
 
@@ -54,7 +59,7 @@ def run_config(profile: str, shape: str, model_dir: Path, overrides: dict):
         tree = {"model": {"source": "local", "name_or_path": str(model_dir), "dtype": "bfloat16",
                           "quantization": {"method": "4bit", "compute_dtype": "bfloat16"}},
                 "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-                "train": {"max_length": 2048, "packing": True, "per_device_batch_size": 2, "learning_rate": 2e-4},
+                "train": {"max_length": 2048, "packing": True, "per_device_batch_size": batch, "learning_rate": 2e-4},
                 "data": {"num_rows": 4000 if shape == "8b" else 800, "eval_rows": 8}}
     for section, values in overrides.items():
         for key, value in values.items():
@@ -77,18 +82,22 @@ def random_model_dir(shape: str, root: Path, tokenizer_dir: Path) -> Path:
     config = LlamaConfig(**(LLAMA3_8B if shape == "8b" else TINY), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=False, dtype="bfloat16")
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    torch.set_default_dtype(torch.bfloat16)  # an 8B model initialised in fp32 would need 32 GB first
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 8B weights: seconds on a GPU
+        model = LlamaForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
     model.save_pretrained(path, max_shard_size="2GB")
     tokenizer.save_pretrained(path)
     del model
+    if torch.cuda.is_available():  # the variants run in child processes: give them the whole GPU
+        torch.cuda.empty_cache()
     return path
 
 
 class Timer:
-    """Times optimizer steps after `warmup` and counts the non-padding tokens they trained on."""
+    """Times optimizer steps after `warmup` up to `last` and counts the non-padding tokens they trained on."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, last: int):
         from transformers import TrainerCallback
 
         timer = self
@@ -97,7 +106,9 @@ class Timer:
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step == warmup:
                     timer.start, timer.tokens0 = time.perf_counter(), state.num_input_tokens_seen
-                timer.end, timer.tokens1, timer.steps = time.perf_counter(), state.num_input_tokens_seen, state.global_step
+                if state.global_step <= last:
+                    timer.end, timer.tokens1 = time.perf_counter(), state.num_input_tokens_seen
+                    timer.steps = state.global_step
 
         self.callback = Callback()
 
@@ -113,15 +124,15 @@ def child(variant: str, args) -> dict:
     from llm_engineering.model.loading import load_model, load_tokenizer
     from llm_engineering.model.throughput import model_tflops, parameter_count
 
-    overrides = LEVERS.get(variant, {})
+    overrides = (GPU_LEVERS if args.profile == "gpu" else LEVERS).get(variant, {})
     model_dir = Path(args.model_dir) if args.model_dir else None
-    cfg = run_config(args.profile, args.shape, model_dir, overrides)
-    steps = args.warmup + args.steps
+    cfg = run_config(args.profile, args.shape, model_dir, overrides, args.batch)
+    steps = args.warmup + args.steps + (PROFILED_STEPS + 1 if args.torch_profile else 0)  # profiled ones: untimed
     train_cfg = cfg.train.model_copy(update={"max_steps": steps, "logging_steps": 1, "eval_steps": 10**6,
                                              "checkpoint_steps": None})
     tokenizer = load_tokenizer(cfg.model)
     data = prepare(cfg.data, tokenizer, train_cfg.max_length)
-    timer = Timer(args.warmup)
+    timer = Timer(args.warmup, args.warmup + args.steps)
     n_params = None
     with tempfile.TemporaryDirectory() as scratch:
         if variant == "TRL defaults":
@@ -136,7 +147,10 @@ def child(variant: str, args) -> dict:
         n_params = parameter_count(trainer.model.get_base_model().config)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        train(trainer, cfg, train_cfg)
+        if args.torch_profile:
+            profiled_train(trainer, cfg, train_cfg, args, variant)
+        else:
+            train(trainer, cfg, train_cfg)
         heldout = heldout_loss(trainer.model, data.eval)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = timer.result(args.warmup, losses)
@@ -174,6 +188,27 @@ def train(trainer, cfg, train_cfg) -> None:
             trainer.train()
     else:
         trainer.train()
+
+
+def profiled_train(trainer, cfg, train_cfg, args, variant: str) -> None:
+    """Train under torch.profiler, recording the last steps (after the timed ones); writes the top operators."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+    from transformers import TrainerCallback
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    total = args.warmup + args.steps
+    with profile(activities=activities, schedule=schedule(wait=total, warmup=1, active=PROFILED_STEPS)) as prof:
+        class Step(TrainerCallback):
+            def on_step_end(self, *_, **__):
+                prof.step()
+
+        trainer.add_callback(Step())
+        train(trainer, cfg, train_cfg)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    name = "".join(c if c.isalnum() else "_" for c in variant)
+    out = Path(args.out).parent if args.out else ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"profile_{name}.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 class PlainTRL:
@@ -226,7 +261,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--levers", action="store_true")
+    parser.add_argument("--batch", type=int, default=2, help="GPU profile: packed 2048-token sequences per step")
     parser.add_argument("--out")
+    parser.add_argument("--torch-profile", action="store_true", help="also write each variant's top operators")
     parser.add_argument("--child")
     parser.add_argument("--model-dir")
     parser.add_argument("--tokenizer-dir", help="GPU profile: tokenizer for the random model (default: embedded)")
@@ -238,7 +275,9 @@ def main() -> None:
     from llm_engineering.model.throughput import matmul_peak_gflops
 
     peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
-    variants = ["TRL defaults", "ours"] + (list(LEVERS) if args.levers else [])
+    levers = GPU_LEVERS if args.profile == "gpu" else LEVERS
+    variants = ["TRL defaults", "ours"] + (list(levers) if args.levers else [])
+
     extra = []
     with tempfile.TemporaryDirectory() as scratch:
         if args.profile == "gpu":
@@ -249,7 +288,8 @@ def main() -> None:
         results = {}
         for variant in variants:
             command = [sys.executable, __file__, "--child", variant, "--profile", args.profile, "--shape", args.shape,
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), *extra]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), *extra,
+                       *(["--torch-profile"] if args.torch_profile else []), *(["--out", args.out] if args.out else [])]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -257,7 +297,9 @@ def main() -> None:
             results[variant] = json.loads(line[len("RESULT "):])
             results[variant]["mfu_bf16"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["bf16"]
             results[variant]["mfu_fp32"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["fp32"]
-            print(f"  {variant}: {results[variant]['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
+            print(f"  {variant}: {results[variant]['tokens_per_s']:.0f} tokens/s, "
+                  f"{results[variant]['peak_memory_gib']:.1f} GiB", file=sys.stderr, flush=True)
+            write_json(args, peaks, results)  # so far: a run cut short keeps what it measured
     report(args, peaks, results)
 
 
@@ -273,11 +315,17 @@ def report(args, peaks: dict, results: dict) -> None:
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
               f"{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
               f"{r['heldout_loss']:>9.4f}")
+    print(f"\nwritten: {write_json(args, peaks, results)}")
+
+
+def write_json(args, peaks: dict, results: dict) -> Path:
     out = Path(args.out or ROOT / "bench" / "results" / f"sft_speed_{args.profile}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"profile": args.profile, "shape": args.shape, "steps": args.steps,
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    out.write_text(json.dumps({"profile": args.profile, "shape": args.shape, "steps": args.steps, "device": device,
+                               "batch": args.batch,
                                "warmup": args.warmup, "peaks_gflops": peaks, "results": results}, indent=2))
-    print(f"\nwritten: {out}")
+    return out
 
 
 if __name__ == "__main__":
