@@ -197,7 +197,16 @@ class EvalConfig(_Section):
     max_rows: int = Field(40, gt=0)
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(20, gt=0)
-    metric: Literal["exact_match", "json_exact_match"] = "json_exact_match"
+    metric: Literal["exact_match", "json_exact_match", "json_valid", "rouge_l"] = "json_exact_match"
+
+
+class PromotionConfig(_Section):
+    """The registry gate: a new version becomes `champion` only if it beats the current champion's metric by more
+    than `margin` (or there is no champion yet); otherwise it is registered as `challenger`."""
+
+    metric: Optional[str] = Field(None, description="an MLflow metric of the run; default: finetuned_<eval.metric>")
+    margin: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
+    higher_is_better: bool = True
 
 
 class RunConfig(_Section):
@@ -208,6 +217,11 @@ class RunConfig(_Section):
     merge: MergeConfig = MergeConfig()
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @property
+    def promotion_metric(self) -> str:
+        return self.promotion.metric or f"finetuned_{self.eval.metric}"
 
     @model_validator(mode="after")
     def _sections_agree(self) -> "RunConfig":

@@ -19,7 +19,7 @@ class Sample:
     reference: str
     output: str
     stopped: bool
-    correct: bool
+    score: float  # 1.0/0.0 for the match metrics, the F-measure for rouge_l
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,38 @@ def json_equal(output: str, reference: str) -> bool:
         return False
 
 
+def json_valid(output: str, reference: str) -> bool:
+    """The output parses as JSON (for tasks whose answers are structured but not unique)."""
+    try:
+        json.loads(output)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def rouge_l(output: str, reference: str) -> float:
+    """ROUGE-L F-measure over whitespace tokens: longest common subsequence, as in Lin (2004) with beta = 1."""
+    out, ref = output.split(), reference.split()
+    if not out or not ref:
+        return float(out == ref)
+    previous = [0] * (len(ref) + 1)
+    for token in out:
+        current = [0]
+        for j, ref_token in enumerate(ref):
+            current.append(previous[j] + 1 if token == ref_token else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(out), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
 SCORERS = {
     "exact_match": lambda output, reference: output.strip() == reference.strip(),
     "json_exact_match": json_equal,
+    "json_valid": json_valid,
+    "rouge_l": rouge_l,
 }
 
 
@@ -85,13 +114,13 @@ def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     scorer = SCORERS[metric]
     samples = [
-        Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped, correct=scorer(out, ref))
+        Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped, score=float(scorer(out, ref)))
         for p, ref, (out, stopped) in zip(prompts, references, outputs)
     ]
     n = max(len(samples), 1)
     return EvalResult(
         metric=metric,
-        score=sum(s.correct for s in samples) / n,
+        score=sum(s.score for s in samples) / n,
         stop_rate=sum(s.stopped for s in samples) / n,
         samples=samples,
     )

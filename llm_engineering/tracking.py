@@ -42,6 +42,13 @@ def log_metrics(metrics: dict[str, float], step: Optional[int] = None) -> None:
     mlflow.log_metrics(finite, step=step)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    if active_run_id():
+        import mlflow
+
+        mlflow.set_tags(tags)
+
+
 def log_dict(data: Any, artifact_file: str) -> None:
     if active_run_id():
         import mlflow

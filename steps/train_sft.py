@@ -1,3 +1,5 @@
+import tempfile
+from pathlib import Path
 from typing import Annotated, Tuple
 
 from datasets import Dataset
@@ -7,6 +9,7 @@ import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig
+from llm_engineering.model.curves import loss_curve
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.training import train_adapter
 from llm_engineering.orchestration.checkpoints import durable_checkpoint_dir, training_key
@@ -35,6 +38,8 @@ def train_sft(
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )
     metrics = result.metrics()
+    with tempfile.TemporaryDirectory() as plots:
+        tracking.log_artifact(loss_curve(result.log_history, Path(plots) / "loss_curve.png"), "training")
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
         tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})
     log_metadata(metadata=metrics)

@@ -16,6 +16,9 @@ from tests.pipeline_helpers import run_pipeline, setup_repo, write_config
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"]
 
 
+ZENML_MODEL = {"name": "tiny-booking", "license": "apache-2.0"}
+
+
 def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
     return {
         "data": {"num_rows": 40, "eval_rows": 4},
@@ -34,7 +37,7 @@ def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
 def repo(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("repo")
     uri = setup_repo(root)
-    config = write_config(root / "tiny.yaml", tiny_parameters(tiny_model_dir))
+    config = write_config(root / "tiny.yaml", tiny_parameters(tiny_model_dir), model=ZENML_MODEL)
     first = run_pipeline(root, config)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     return root, uri
@@ -80,9 +83,20 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # one point per step
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
+    assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
     assert mlflow_run.inputs.dataset_inputs[0].dataset.digest
+    # linked both ways: the MLflow run names its ZenML run, the ZenML step names its MLflow run
+    assert mlflow_run.data.tags["zenml.pipeline_run_id"] == str(latest_run().id)
+    assert latest_run().steps["export_model"].run_metadata["mlflow_run_id"] == mlflow_run.info.run_id
     [version] = client.search_model_versions("name='tiny-booking'")
     assert version.run_id == mlflow_run.info.run_id
+    # the first version has nothing to beat: champion in MLflow, production in ZenML's Model Control Plane
+    assert client.get_model_version_by_alias("tiny-booking", "champion").version == version.version
+    assert metrics["promotion_promoted"] == 1.0
+    zenml_version = Client().get_model_version("tiny-booking", "production")
+    assert zenml_version.run_metadata["finetuned_json_exact_match"] == metrics["finetuned_json_exact_match"]
+    assert zenml_version.get_artifact("trained_adapter") is not None  # the run's artifacts are linked to it
+    assert str(latest_run().id) in {str(i) for i in zenml_version.pipeline_run_ids.values()}
 
 
 def test_the_export_loads_with_plain_transformers_and_generates(repo):
@@ -100,13 +114,24 @@ def test_the_export_loads_with_plain_transformers_and_generates(repo):
 
 def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, tiny_model_dir, monkeypatch):
     root, _ = repo
-    config = write_config(root / "tiny-lr.yaml", tiny_parameters(tiny_model_dir, learning_rate=1e-3))
+    config = write_config(root / "tiny-lr.yaml", tiny_parameters(tiny_model_dir, learning_rate=1e-3), model=ZENML_MODEL)
     second = run_pipeline(root, config)
     assert second.returncode == 0, second.stderr[-5000:]
     monkeypatch.chdir(root)
     steps = latest_run().steps
     assert {name: steps[name].status for name in STEPS[:3]} == {name: ExecutionStatus.CACHED for name in STEPS[:3]}
     assert steps["train_sft"].status == ExecutionStatus.COMPLETED
+    # the second version went through the gate against the first: aliases and stages follow its decision
+    client = mlflow.MlflowClient(tracking_uri=repo[1])
+    metric = "finetuned_json_exact_match"
+    first, second = sorted(client.search_model_versions("name='tiny-booking'"), key=lambda v: int(v.version))
+    scores = [client.get_run(v.run_id).data.metrics[metric] for v in (first, second)]
+    promoted = scores[1] > scores[0]
+    champion = client.get_model_version_by_alias("tiny-booking", "champion").version
+    assert champion == (second.version if promoted else first.version)
+    assert second.tags["promotion"] == ("champion" if promoted else "challenger")
+    zenml_versions = {int(v.number): v.stage for v in Client().list_model_versions(model="tiny-booking", size=10)}
+    assert zenml_versions[2] == ("production" if promoted else "staging")
 
 
 def test_a_bad_config_fails_before_any_step_runs(repo, tiny_model_dir, monkeypatch):

@@ -1,0 +1,89 @@
+"""The registry gate on a real MLflow registry (SQLite): which version holds `champion` after each new version."""
+
+import mlflow
+import pytest
+
+from llm_engineering.evaluation import json_valid, rouge_l
+from llm_engineering.promotion import decide, gate_registered_version
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("gate", artifact_location=(tmp_path / "artifacts").as_uri())
+    client.create_registered_model("booking")
+
+    def register(**metrics) -> str:
+        run = client.create_run(experiment)
+        for name, value in metrics.items():
+            client.log_metric(run.info.run_id, name, value)
+        client.set_terminated(run.info.run_id)
+        version = client.create_model_version("booking", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        return version.version
+
+    return uri, client, register
+
+
+def alias_of(client, alias):
+    return client.get_model_version_by_alias("booking", alias).version
+
+
+def test_the_first_version_becomes_champion_and_a_better_one_replaces_it(registry):
+    uri, client, register = registry
+    first = register(finetuned_exact_match=0.80)
+    decision = gate_registered_version("booking", first, "finetuned_exact_match", 0.80, 0.0, tracking_uri=uri)
+    assert (decision.promoted, decision.reason, alias_of(client, "champion")) == (True, "no champion yet", first)
+
+    second = register(finetuned_exact_match=0.90)
+    decision = gate_registered_version("booking", second, "finetuned_exact_match", 0.90, 0.05, tracking_uri=uri)
+    assert decision.promoted and (decision.champion, decision.champion_version) == (0.80, first)
+    assert alias_of(client, "champion") == second
+    assert client.get_model_version("booking", second).tags["promotion"] == "champion"
+
+
+def test_a_version_within_the_margin_is_a_challenger_and_the_champion_stays(registry):
+    uri, client, register = registry
+    champion = register(finetuned_exact_match=0.80)
+    gate_registered_version("booking", champion, "finetuned_exact_match", 0.80, 0.0, tracking_uri=uri)
+    close = register(finetuned_exact_match=0.82)
+    decision = gate_registered_version("booking", close, "finetuned_exact_match", 0.82, 0.05, tracking_uri=uri)
+    assert not decision.promoted and decision.alias == "challenger"
+    assert "does not beat champion v1 (0.8) by more than 0.05" in decision.reason
+    assert (alias_of(client, "champion"), alias_of(client, "challenger")) == (champion, close)
+
+
+def test_lower_is_better_metrics_promote_a_lower_value(registry):
+    uri, client, register = registry
+    first = register(eval_loss=1.5)
+    gate_registered_version("booking", first, "eval_loss", 1.5, 0.0, higher_is_better=False, tracking_uri=uri)
+    worse = register(eval_loss=1.7)
+    assert not gate_registered_version("booking", worse, "eval_loss", 1.7, 0.0, False, tracking_uri=uri).promoted
+    better = register(eval_loss=1.2)
+    assert gate_registered_version("booking", better, "eval_loss", 1.2, 0.0, False, tracking_uri=uri).promoted
+    assert alias_of(client, "champion") == better
+
+
+def test_a_champion_without_the_gate_metric_is_a_clear_error_and_moves_nothing(registry):
+    uri, client, register = registry
+    old = register(other_metric=1.0)
+    client.set_registered_model_alias("booking", "champion", old)
+    new = register(finetuned_rouge_l=0.9)
+    with pytest.raises(ValueError, match="champion booking v1 has no metric 'finetuned_rouge_l'"):
+        gate_registered_version("booking", new, "finetuned_rouge_l", 0.9, 0.0, tracking_uri=uri)
+    assert alias_of(client, "champion") == old
+
+
+def test_equal_scores_do_not_promote():
+    assert not decide("m", 0.9, 0.9, 0.0).promoted
+    assert decide("m", 0.9, 0.9, 0.0).alias == "challenger"
+
+
+def test_task_metrics():
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == 1.0
+    # LCS "the cat the mat" (4 of 6 and 4 of 5 tokens): F = 2 * (4/6) * (4/5) / (4/6 + 4/5)
+    precision, recall = 4 / 6, 4 / 5
+    assert rouge_l("the cat was on the mat", "the cat the mat now") == pytest.approx(
+        2 * precision * recall / (precision + recall))
+    assert rouge_l("", "x") == 0.0 and rouge_l("a b", "c d") == 0.0
+    assert json_valid('{"a": 1}', "") and not json_valid("{'a': 1}", "")
