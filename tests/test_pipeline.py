@@ -11,7 +11,8 @@ from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
 from llm_engineering.model.export import load_exported
-from tests.pipeline_helpers import run_pipeline, setup_repo, write_config
+from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, write_config
+from tests.ui_helpers import chromium, mlflow_server
 
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"]
 
@@ -97,6 +98,47 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     assert zenml_version.run_metadata["finetuned_json_exact_match"] == metrics["finetuned_json_exact_match"]
     assert zenml_version.get_artifact("trained_adapter") is not None  # the run's artifacts are linked to it
     assert str(latest_run().id) in {str(i) for i in zenml_version.pipeline_run_ids.values()}
+
+
+def test_the_mlflow_ui_shows_the_params_the_loss_chart_and_the_champion(repo, tmp_path):
+    """A user's view: `mlflow server` on loopback, the champion's run page in headless Chromium."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, uri = repo
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    champion = client.get_model_version_by_alias("tiny-booking", "champion")
+    run = client.get_run(champion.run_id)
+    run_page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    shots = PROJECT / "outputs" / "ui-test"
+    shots.mkdir(parents=True, exist_ok=True)
+    with mlflow_server(uri, tmp_path / "mlflow-server.log") as base, chromium() as browser:
+        wait = WebDriverWait(browser, 90)
+        text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+
+        browser.get(f"{base}/{run_page}")
+        wait.until(lambda _: "adapter.r" in text())
+        assert run.info.run_name in text() and "model.quantization.method" in text()
+        browser.save_screenshot(str(shots / "run_overview.png"))
+
+        browser.get(f"{base}/{run_page}/model-metrics")
+        search = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"))
+        search.send_keys("train_loss")
+
+        def loss_line(driver):  # the train_loss chart drawn with all four logged points
+            for line in driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer path.js-line"):
+                if (line.get_attribute("d") or "").count("L") >= 3:
+                    return line
+            return None
+
+        assert wait.until(loss_line)
+        assert "train_loss" in text()
+        browser.save_screenshot(str(shots / "run_loss_chart.png"))
+
+        browser.get(f"{base}/#/models/tiny-booking")
+        wait.until(lambda _: "@ champion" in text())
+        assert f"Version {champion.version}" in text()
+        browser.save_screenshot(str(shots / "registered_model.png"))
 
 
 def test_the_export_loads_with_plain_transformers_and_generates(repo):

@@ -1,0 +1,93 @@
+"""A real MLflow server on loopback and headless Chromium (Debian's chromium + chromium-driver, installed by
+`make browser`), for tests that look at the UI the way a user does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+MLFLOW = Path(sys.executable).parent / "mlflow"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(backend_store_uri: str, log_path: Path):
+    """`mlflow server` in its own process group; on exit the whole group (its uvicorn workers too) is stopped and
+    checked gone."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([str(MLFLOW), "server", "--backend-store-uri", backend_store_uri, "--host",
+                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield base
+    finally:
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 20
+    while group_alive(process.pid):  # workers outliving their parent would hold the port
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError(f"processes of mlflow server group {process.pid} outlived SIGTERM")
+        time.sleep(0.2)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@contextmanager
+def chromium():
+    """Headless Chromium driven by chromedriver; quits (and its processes end) on exit."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        raise RuntimeError("Chromium and chromedriver are missing: run `make browser` (apt-get install chromium "
+                           "chromium-driver), which `make test` does")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
