@@ -116,6 +116,25 @@ def log_and_register_model(model, tokenizer, registered_model_name: Optional[str
     return result
 
 
+def log_adapter_model(adapter_dir, params: dict[str, Any]) -> Optional[str]:
+    """The trained LoRA adapter as an MLflow logged model of the run (its files and LoRA settings), so the run's
+    Models tab shows the adapter beside the merged model it became. Returns the model id."""
+    run_id = active_run_id()
+    if not run_id:
+        return None
+    import mlflow
+
+    model = mlflow.initialize_logged_model(name="lora_adapter", source_run_id=run_id, model_type="peft-lora-adapter",
+                                           params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+    try:
+        mlflow.MlflowClient().log_model_artifacts(model.model_id, str(adapter_dir))
+    except BaseException:
+        mlflow.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
 def _pinned(packages) -> list[str]:
     pins = []
     for name in packages:

@@ -11,7 +11,11 @@ from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
 from llm_engineering.evaluation import evaluate_generation
 from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
 from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
-from llm_engineering.orchestration.model_control_plane import pipeline_run_tags, record_on_model_version
+from llm_engineering.orchestration.model_control_plane import (
+    pipeline_run_tags,
+    record_on_model_version,
+    step_wall_seconds,
+)
 from llm_engineering.promotion import gate_registered_version
 
 
@@ -59,7 +63,7 @@ def export_model(
     metrics["export_reload_max_abs_logit_diff"] = reload_diff
 
     tracking.log_params(flatten(config))
-    tracking.log_metrics(metrics)  # all of them, so a run whose earlier steps were cached is complete too
+    tracking.log_metrics({**metrics, **step_wall_seconds()})  # all, so a run with cached steps is complete too
     tracking.log_text(card, "model_card.md")
     tracking.log_dict(run_config, "run_config.yaml")
     tracking.log_table(samples, "eval_samples.json")

@@ -8,7 +8,7 @@ from zenml import log_metadata, step
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, scratch_output
-from llm_engineering.config import AdapterConfig, TrainConfig
+from llm_engineering.config import AdapterConfig, TrainConfig, flatten
 from llm_engineering.model.curves import loss_curve
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.training import train_adapter
@@ -38,6 +38,7 @@ def train_sft(
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )
     metrics = result.metrics()
+    tracking.log_adapter_model(out, flatten(adapter, prefix="adapter."))
     with tempfile.TemporaryDirectory() as plots:
         tracking.log_artifact(loss_curve(result.log_history, Path(plots) / "loss_curve.png"), "training")
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata

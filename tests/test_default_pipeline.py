@@ -5,6 +5,7 @@ import json
 
 import mlflow
 import pytest
+from zenml.client import Client
 
 from llm_engineering.evaluation import generate
 from llm_engineering.model.export import load_exported
@@ -12,7 +13,7 @@ from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo
 
 
 @pytest.mark.slow
-def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path):
+def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     uri = setup_repo(tmp_path)
     done = run_pipeline(tmp_path, PROJECT / "configs" / "default.yaml", timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -24,7 +25,14 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path):
     assert metrics["finetuned_json_exact_match"] >= 0.9 > metrics["base_json_exact_match"] + 0.5
     assert metrics["finetuned_stop_rate"] == 1.0  # EOS learned: every eval generation ended by itself
     assert metrics["merge_max_abs_logit_diff"] <= 1e-3
-    assert client.search_model_versions("name='smollm2-booking'")
+    [version] = client.search_model_versions("name='smollm2-booking'")
+    # a fresh store has no champion: the first version becomes it, and production in ZenML's Model Control Plane
+    assert client.get_model_version_by_alias("smollm2-booking", "champion").version == version.version
+    monkeypatch.chdir(tmp_path)  # ZenML's client finds the repository from the working directory
+    assert Client().get_model_version("smollm2-booking", "production").number == 1
+    # MLflow's system metrics were sampled while the steps ran
+    assert any(name.startswith("system/cpu_utilization") for name in metrics)
+    assert "training/loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id, "training")]
     # the data a user can inspect in MLflow: counts, length statistics, the histogram and the dataset input
     assert (metrics["data_train_rows"], metrics["data_rows_invalid"]) == (440, 0)
     assert 0 < metrics["data_train_trained_tokens"] < metrics["data_train_tokens_total"]

@@ -85,6 +85,14 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
     assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
+    assert metrics["step_seconds_train_sft"] > 0 and "step_seconds_load_dataset" in metrics
+    # lineage: the adapter and the exported (merged) model are logged models of the run
+    logged = client.search_logged_models([experiment.experiment_id],
+                                         filter_string=f"source_run_id = '{mlflow_run.info.run_id}'")
+    by_name = {m.name: m for m in logged}
+    assert set(by_name) == {"lora_adapter", "model"}
+    adapter_files = {f.path for f in client.list_logged_model_artifacts(by_name["lora_adapter"].model_id)}
+    assert "adapter_model.safetensors" in adapter_files and by_name["lora_adapter"].params["adapter.r"] == "4"
     assert mlflow_run.inputs.dataset_inputs[0].dataset.digest
     # linked both ways: the MLflow run names its ZenML run, the ZenML step names its MLflow run
     assert mlflow_run.data.tags["zenml.pipeline_run_id"] == str(latest_run().id)

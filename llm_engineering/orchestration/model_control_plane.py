@@ -17,6 +17,15 @@ def pipeline_run_tags() -> dict[str, str]:
             "zenml.pipeline_run_name": context.pipeline_run.name}
 
 
+def step_wall_seconds() -> dict[str, float]:
+    """Wall time of each step of this pipeline run that has finished (a cached step: the time to find its cache)."""
+    from zenml.client import Client
+
+    run = Client().get_pipeline_run(get_step_context().pipeline_run.id)
+    return {f"step_seconds_{name}": (step.end_time - step.start_time).total_seconds()
+            for name, step in run.steps.items() if step.start_time and step.end_time}
+
+
 def model_version() -> Optional[Any]:
     """The ZenML Model version this run is attached to (`model:` in the run config), or None."""
     context = get_step_context()
