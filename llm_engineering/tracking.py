@@ -1,11 +1,15 @@
-"""MLflow helpers. They log into whatever MLflow run is active (ZenML's MLflow experiment tracker opens one per pipeline
-run) and do nothing when none is, so the library runs the same with or without tracking.
+"""Tracking helpers. They log into whatever MLflow run is active (ZenML's MLflow experiment tracker opens one per
+pipeline run) and into the running Comet experiment (ZenML's Comet tracker opens one per step), and do nothing when
+neither is, so the library runs the same with or without tracking. Lineage (dataset inputs, logged and registered
+models) exists only in MLflow.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Optional
 
@@ -24,22 +28,35 @@ def active_run_id() -> Optional[str]:
     return run.info.run_id if run else None
 
 
-def log_params(params: dict[str, Any]) -> None:
-    if not active_run_id():
-        return
-    import mlflow
+def comet_experiment():
+    """The running Comet experiment, if comet_ml is installed and one is open."""
+    try:
+        import comet_ml
+    except ImportError:
+        return None
+    experiment = comet_ml.get_running_experiment()
+    return experiment if experiment is not None and experiment.alive else None
 
-    mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+
+def log_params(params: dict[str, Any]) -> None:
+    params = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()}
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_params(params)
+    if comet := comet_experiment():
+        comet.log_parameters(params)
 
 
 def log_metrics(metrics: dict[str, float], step: Optional[int] = None) -> None:
-    if not active_run_id():
-        return
-    import mlflow
-
     finite = {k: float(v) for k, v in metrics.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    mlflow.log_metrics(finite, step=step)
+    if active_run_id():
+        import mlflow
+
+        mlflow.log_metrics(finite, step=step)
+    if comet := comet_experiment():
+        comet.log_metrics(finite, step=step)
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -47,6 +64,8 @@ def set_tags(tags: dict[str, str]) -> None:
         import mlflow
 
         mlflow.set_tags(tags)
+    if comet := comet_experiment():
+        comet.log_others(tags)
 
 
 def log_dict(data: Any, artifact_file: str) -> None:
@@ -54,6 +73,8 @@ def log_dict(data: Any, artifact_file: str) -> None:
         import mlflow
 
         mlflow.log_dict(data, artifact_file)
+    if comet := comet_experiment():
+        comet.log_asset_data(json.dumps(data, indent=2, default=str), name=artifact_file)
 
 
 def log_text(text: str, artifact_file: str) -> None:
@@ -61,6 +82,8 @@ def log_text(text: str, artifact_file: str) -> None:
         import mlflow
 
         mlflow.log_text(text, artifact_file)
+    if comet := comet_experiment():
+        comet.log_asset_data(text, name=artifact_file)
 
 
 def log_artifact(path, artifact_path: Optional[str] = None) -> None:
@@ -68,13 +91,20 @@ def log_artifact(path, artifact_path: Optional[str] = None) -> None:
         import mlflow
 
         mlflow.log_artifact(str(path), artifact_path)
+    if comet := comet_experiment():
+        name = Path(path).name
+        comet.log_asset(str(path), file_name=f"{artifact_path}/{name}" if artifact_path else name)
 
 
 def log_table(rows: list[dict], artifact_file: str) -> None:
-    if active_run_id() and rows:
+    if not rows:
+        return
+    if active_run_id():
         import mlflow
 
         mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, artifact_file)
+    if comet := comet_experiment():
+        comet.log_asset_data(json.dumps(rows, indent=2), name=artifact_file)
 
 
 def mlflow_metrics_callback():

@@ -2,6 +2,7 @@
 SQLite database in the project, and the embedded model converted once.
 
     python -m llm_engineering.orchestration.stack [--root DIR]
+    python -m llm_engineering.orchestration.stack --comet [--comet-offline DIR]   # the same stack, tracked in Comet
 
 Running it again changes nothing. Tests call `ensure_local_stack` with their own root and ZENML_CONFIG_PATH.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Optional
 
 from zenml.client import Client
 from zenml.enums import StackComponentType
@@ -80,11 +82,65 @@ def ensure_local_stack(root: Path) -> str:
     return uri
 
 
+COMET_STACK_NAME = "llm_engineering_comet"
+COMET_TRACKER_NAME = "comet_tracker"
+
+
+def ensure_comet_stack(root: Path, offline_directory: Optional[Path] = None, workspace: Optional[str] = None,
+                       project_name: Optional[str] = None) -> str:
+    """The local stack with Comet as experiment tracker (our flavor: ZenML's plus an offline mode). Online, the API
+    key comes from the ZenML secret `comet` (`zenml secret create comet --api_key=...`) if it exists, else from
+    COMET_API_KEY at run time. Returns the stack name."""
+    from llm_engineering.orchestration.comet import FLAVOR
+
+    ensure_local_stack(root)
+    client = Client()
+    try:
+        client.get_flavor_by_name_and_type(FLAVOR, StackComponentType.EXPERIMENT_TRACKER)
+    except KeyError:
+        client.create_flavor("llm_engineering.orchestration.comet.CometTrackerFlavor",
+                             StackComponentType.EXPERIMENT_TRACKER)
+    config: dict = {"workspace": workspace, "project_name": project_name or "llm-engineering"}
+    if offline_directory is not None:
+        config.update(offline=True, offline_directory=str(offline_directory.resolve()))
+    elif _secret_exists(client, "comet"):
+        config["api_key"] = "{{comet.api_key}}"
+    try:
+        client.get_stack_component(StackComponentType.EXPERIMENT_TRACKER, COMET_TRACKER_NAME,
+                                   allow_name_prefix_match=False)
+        client.update_stack_component(COMET_TRACKER_NAME, StackComponentType.EXPERIMENT_TRACKER, configuration=config)
+    except KeyError:
+        client.create_stack_component(name=COMET_TRACKER_NAME, flavor=FLAVOR,
+                                      component_type=StackComponentType.EXPERIMENT_TRACKER, configuration=config)
+    try:
+        client.get_stack(COMET_STACK_NAME, allow_name_prefix_match=False)
+    except KeyError:
+        client.create_stack(name=COMET_STACK_NAME, components={
+            StackComponentType.ORCHESTRATOR: "default", StackComponentType.ARTIFACT_STORE: "default",
+            StackComponentType.EXPERIMENT_TRACKER: COMET_TRACKER_NAME})
+    client.activate_stack(COMET_STACK_NAME)
+    return COMET_STACK_NAME
+
+
+def _secret_exists(client: Client, name: str) -> bool:
+    try:
+        client.get_secret(name, allow_partial_name_match=False)
+        return True
+    except KeyError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: current directory)")
+    parser.add_argument("--comet", action="store_true", help="track in Comet instead of MLflow")
+    parser.add_argument("--comet-offline", type=Path, metavar="DIR", help="Comet offline archives go to DIR")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.comet or args.comet_offline:
+        stack = ensure_comet_stack(args.root, args.comet_offline)
+        print(f"stack '{stack}' active (Comet{' offline: ' + str(args.comet_offline) if args.comet_offline else ''})")
+        return
     uri = ensure_local_stack(args.root)
     print(f"stack '{STACK_NAME}' active; MLflow tracking store: {uri}; embedded model: {embedded_model_dir()}")
 
