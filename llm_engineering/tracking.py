@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from pathlib import Path
+import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Optional
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,21 @@ def mlflow_metrics_callback():
     from transformers import TrainerCallback
 
     class MlflowMetrics(TrainerCallback):
+        last = None  # (time, tokens seen) at the previous training log, or at the start
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = (time.perf_counter(), state.num_input_tokens_seen)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 logs = dict(logs)
-                if "train_runtime" in logs:  # the end-of-training summary: its loss is the mean over all steps
-                    logs["train_loss_mean"] = logs.pop("train_loss", None)
+                if "train_loss" in logs:  # the end-of-training summary: its loss is the mean over all steps
+                    logs["train_loss_mean"] = logs.pop("train_loss")
+                elif "loss" in logs:  # throughput of the steps since the last log (transformers': since the start)
+                    now, seen = time.perf_counter(), state.num_input_tokens_seen
+                    if self.last and seen > self.last[1]:
+                        logs["step_tokens_per_second"] = (seen - self.last[1]) / (now - self.last[0])
+                    self.last = (now, seen)
                 renamed = {("train_" + k if not k.startswith(("eval_", "train_")) else k): v for k, v in logs.items()}
                 log_metrics(renamed, step=state.global_step)
 

@@ -68,6 +68,8 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
                  "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff"]:
         assert name in metrics, name
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # one point per step
+    throughput = client.get_metric_history(mlflow_run.info.run_id, "train_step_tokens_per_second")
+    assert len(throughput) == 4 and all(point.value > 0 for point in throughput)
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
     assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
     assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
