@@ -7,6 +7,7 @@ from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
+from llm_engineering.orchestration.model_control_plane import process_metadata
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig, flatten
 from llm_engineering.model.curves import loss_curve
@@ -43,5 +44,5 @@ def train_sft(
         tracking.log_artifact(loss_curve(result.log_history, Path(plots) / "loss_curve.png"), "training")
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
         tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})
-    log_metadata(metadata=metrics)
+    log_metadata(metadata={**metrics, **process_metadata()})
     return CheckpointDir(out, temporary=True), metrics

@@ -26,6 +26,13 @@ def step_wall_seconds() -> dict[str, float]:
             for name, step in run.steps.items() if step.start_time and step.end_time}
 
 
+def process_metadata() -> dict[str, Any]:
+    """Where the step ran: its process and the GPUs it could see (a step operator may pin them)."""
+    import os
+
+    return {"process": {"pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}
+
+
 def model_version() -> Optional[Any]:
     """The ZenML Model version this run is attached to (`model:` in the run config), or None."""
     context = get_step_context()

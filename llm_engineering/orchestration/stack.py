@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STACK_NAME = "llm_engineering_local"
 TRACKER_NAME = "mlflow_tracker"
+STEP_OPERATOR_NAME = "local_cuda"
 EXPERIMENT_NAME = "finetune"
 
 
@@ -42,6 +43,17 @@ def ensure_mlflow_store(root: Path) -> str:
     if client.get_experiment_by_name(EXPERIMENT_NAME) is None:
         client.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts.as_uri())
     return uri
+
+
+def _ensure_flavor(client: Client, source: str, kind: StackComponentType) -> None:
+    """Register one of our custom flavors (by its import path) once."""
+    from zenml.stack.flavor import validate_flavor_source
+
+    _, flavor = validate_flavor_source(source=source, component_type=kind)
+    try:
+        client.get_flavor_by_name_and_type(flavor.name, kind)
+    except KeyError:
+        client.create_flavor(source, kind)
 
 
 def _ensure_component(client: Client, kind: StackComponentType, name: str, flavor: str, config: dict) -> None:
@@ -66,17 +78,21 @@ def ensure_local_stack(root: Path) -> str:
     client = Client()
     uri = ensure_mlflow_store(root)
     _ensure_component(client, StackComponentType.EXPERIMENT_TRACKER, TRACKER_NAME, "mlflow", {"tracking_uri": uri})
+    _ensure_flavor(client, "llm_engineering.orchestration.local_cuda_step_operator.LocalCudaStepOperatorFlavor",
+                   StackComponentType.STEP_OPERATOR)
+    _ensure_component(client, StackComponentType.STEP_OPERATOR, STEP_OPERATOR_NAME, "local_cuda", {})
+    components = {
+        StackComponentType.ORCHESTRATOR: "default",
+        StackComponentType.ARTIFACT_STORE: "default",
+        StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
+        StackComponentType.STEP_OPERATOR: STEP_OPERATOR_NAME,  # used only by steps whose config names it
+    }
     try:
-        client.get_stack(STACK_NAME, allow_name_prefix_match=False)
+        stack = client.get_stack(STACK_NAME, allow_name_prefix_match=False)
+        if StackComponentType.STEP_OPERATOR not in stack.components:  # a stack set up by an older version
+            client.update_stack(STACK_NAME, component_updates={StackComponentType.STEP_OPERATOR: [STEP_OPERATOR_NAME]})
     except KeyError:
-        client.create_stack(
-            name=STACK_NAME,
-            components={
-                StackComponentType.ORCHESTRATOR: "default",
-                StackComponentType.ARTIFACT_STORE: "default",
-                StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME,
-            },
-        )
+        client.create_stack(name=STACK_NAME, components=components)
     client.activate_stack(STACK_NAME)
     embedded_model_dir()
     return uri
@@ -95,11 +111,8 @@ def ensure_comet_stack(root: Path, offline_directory: Optional[Path] = None, wor
 
     ensure_local_stack(root)
     client = Client()
-    try:
-        client.get_flavor_by_name_and_type(FLAVOR, StackComponentType.EXPERIMENT_TRACKER)
-    except KeyError:
-        client.create_flavor("llm_engineering.orchestration.comet.CometTrackerFlavor",
-                             StackComponentType.EXPERIMENT_TRACKER)
+    _ensure_flavor(client, "llm_engineering.orchestration.comet.CometTrackerFlavor",
+                   StackComponentType.EXPERIMENT_TRACKER)
     config: dict = {"workspace": workspace, "project_name": project_name or "llm-engineering"}
     if offline_directory is not None:
         config.update(offline=True, offline_directory=str(offline_directory.resolve()))
@@ -117,7 +130,8 @@ def ensure_comet_stack(root: Path, offline_directory: Optional[Path] = None, wor
     except KeyError:
         client.create_stack(name=COMET_STACK_NAME, components={
             StackComponentType.ORCHESTRATOR: "default", StackComponentType.ARTIFACT_STORE: "default",
-            StackComponentType.EXPERIMENT_TRACKER: COMET_TRACKER_NAME})
+            StackComponentType.EXPERIMENT_TRACKER: COMET_TRACKER_NAME,
+            StackComponentType.STEP_OPERATOR: STEP_OPERATOR_NAME})
     client.activate_stack(COMET_STACK_NAME)
     return COMET_STACK_NAME
 

@@ -1,0 +1,28 @@
+"""The step-operator path for real: the SFT step sent to our local_cuda step operator runs in its own process, pinned
+to the configured devices, and is tracked like any other step."""
+
+import mlflow
+from zenml.client import Client
+
+from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
+
+
+def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp_path, tiny_model_dir, monkeypatch):
+    uri = setup_repo(tmp_path)  # the local stack has the local_cuda step operator; steps use it only when named
+    steps = {"train_sft": {"step_operator": "local_cuda", "settings": {"step_operator": {"gpus": "0"}}}}
+    config = write_config(tmp_path / "operator.yaml", tiny_parameters(tiny_model_dir), steps=steps)
+    done = run_pipeline(tmp_path, config)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    monkeypatch.chdir(tmp_path)
+    run = Client().get_pipeline("finetune").last_run
+    sft, data = run.steps["train_sft"], run.steps["load_dataset"]
+    assert sft.config.step_operator == "local_cuda" and data.config.step_operator is None
+    assert sft.run_metadata["process"]["pid"] != data.run_metadata["process"]["pid"]
+    assert sft.run_metadata["process"]["cuda_visible_devices"] == "0"
+    assert sft.run_metadata["train_steps"] == 4
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # same run as the other steps
+    assert "data_train_rows" in mlflow_run.data.metrics and "finetuned_json_exact_match" in mlflow_run.data.metrics
