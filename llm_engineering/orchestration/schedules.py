@@ -1,0 +1,98 @@
+"""Create, list, update and delete scheduled runs of the fine-tuning pipeline, through ZenML's schedules.
+
+    python -m llm_engineering.orchestration.schedules create configs/schedule.yaml
+    python -m llm_engineering.orchestration.schedules list
+    python -m llm_engineering.orchestration.schedules update NAME --cron "0 4 * * *"
+    python -m llm_engineering.orchestration.schedules delete NAME
+
+The schedule file is validated first (cron fields, run config present). Schedules run on the orchestrator, so the
+active stack's orchestrator must support them; the local one does not, and the command says which ones do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from zenml.client import Client
+
+from llm_engineering.schedule import check_cron, load_schedule_file
+
+# ZenML orchestrator flavors that run cron schedules (https://docs.zenml.io/concepts/steps_and_pipelines/scheduling)
+SCHEDULING_ORCHESTRATORS = ("kubernetes", "vertex", "sagemaker", "airflow", "kubeflow", "tekton", "azureml",
+                            "databricks")
+
+
+class ScheduleError(Exception):
+    pass
+
+
+def require_schedulable() -> None:
+    stack = Client().active_stack
+    if not stack.orchestrator.config.is_schedulable:
+        raise ScheduleError(
+            f"the active stack {stack.name!r} runs on the {stack.orchestrator.flavor!r} orchestrator, which cannot run "
+            f"schedules. Orchestrators that can: {', '.join(SCHEDULING_ORCHESTRATORS)}. Register one and activate its "
+            "stack (docs/cloud.md), then create the schedule again.")
+
+
+def create(schedule_file: Path) -> None:
+    spec, run_config = load_schedule_file(schedule_file)  # before anything is registered or compiled
+    require_schedulable()
+    from zenml.config.schedule import Schedule
+
+    from pipelines.finetune import finetune
+
+    schedule = Schedule(name=spec.schedule.name, cron_expression=spec.schedule.cron_expression)
+    finetune.with_options(config_path=str(run_config), schedule=schedule)()
+    print(f"schedule {spec.schedule.name} created: {spec.schedule.cron_expression}, {run_config}")
+
+
+def list_schedules() -> None:
+    schedules = Client().list_schedules(size=100)
+    if not schedules.items:
+        print("no schedules")
+    for item in schedules.items:
+        print(f"{item.name}\t{item.cron_expression}\tactive={item.active}")
+
+
+def update(name: str, cron: str) -> None:
+    check_cron(cron)
+    require_schedulable()
+    Client().update_schedule(name, cron_expression=cron)
+    print(f"schedule {name}: {cron}")
+
+
+def delete(name: str) -> None:
+    Client().delete_schedule(name)
+    print(f"schedule {name} deleted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("create").add_argument("schedule_file", type=Path)
+    commands.add_parser("list")
+    updater = commands.add_parser("update")
+    updater.add_argument("name")
+    updater.add_argument("--cron", required=True)
+    commands.add_parser("delete").add_argument("name")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "create":
+            create(args.schedule_file)
+        elif args.command == "list":
+            list_schedules()
+        elif args.command == "update":
+            update(args.name, args.cron)
+        else:
+            delete(args.name)
+    except (ScheduleError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
