@@ -26,3 +26,20 @@ def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp
     [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # same run as the other steps
     assert "data_train_rows" in mlflow_run.data.metrics and "finetuned_json_exact_match" in mlflow_run.data.metrics
+
+
+def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(tmp_path, monkeypatch):
+    """Up to the boundary of a machine with a GPU: the compiled snapshot of configs/gpu_hub_model.yaml names the step
+    operator and one GPU for SFT and merge, and leaves the CPU steps on the orchestrator."""
+    from pipelines.finetune import finetune
+    from tests.pipeline_helpers import PROJECT
+
+    setup_repo(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    snapshot = finetune.with_options(config_path=str(PROJECT / "configs" / "gpu_hub_model.yaml")).create_snapshot(
+        name="gpu-plan")
+    plan = {name: (step.config.step_operator, step.config.resource_settings.gpu_count)
+            for name, step in snapshot.step_configurations.items()}
+    assert plan == {"load_dataset": (None, None), "load_base_model": (None, None), "inject_adapter": (None, None),
+                    "train_sft": ("local_cuda", 1), "merge_adapter": ("local_cuda", 1), "export_model": (None, None)}
+    assert snapshot.step_configurations["train_sft"].config.retry.max_retries == 3

@@ -1,0 +1,147 @@
+"""Stack recipes for GPU steps in the cloud (configs/stacks/*.yaml): validated against ZenML's own flavor classes,
+then printed as the commands that register the stack and the run-config lines that send the GPU steps to it.
+
+    python -m llm_engineering.orchestration.recipes kubernetes    # or sagemaker, vertex, modal, ssh
+
+Secrets stay out of the files: values like "{{mlflow.password}}" are ZenML secret references, and cloud credentials
+come from the ZenML service connector the commands register (`--auto-configure` reads your local cloud login).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+RECIPES = Path(__file__).resolve().parents[2] / "configs" / "stacks"
+GPU_STEPS = ("train_sft", "merge_adapter")
+_I = "zenml.integrations."
+# flavor -> (config class, settings class), importable without the cloud SDKs
+STEP_OPERATORS = {
+    "kubernetes": (_I + "kubernetes.flavors.kubernetes_step_operator_flavor.KubernetesStepOperatorConfig",
+                   _I + "kubernetes.flavors.kubernetes_step_operator_flavor.KubernetesStepOperatorSettings"),
+    "sagemaker": (_I + "aws.flavors.sagemaker_step_operator_flavor.SagemakerStepOperatorConfig",
+                  _I + "aws.flavors.sagemaker_step_operator_flavor.SagemakerStepOperatorSettings"),
+    "vertex": (_I + "gcp.flavors.vertex_step_operator_flavor.VertexStepOperatorConfig",
+               _I + "gcp.flavors.vertex_step_operator_flavor.VertexStepOperatorSettings"),
+    "modal": (_I + "modal.flavors.modal_step_operator_flavor.ModalStepOperatorConfig",
+              _I + "modal.flavors.modal_step_operator_flavor.ModalStepOperatorSettings"),
+    "ssh": (_I + "ssh.flavors.ssh_step_operator_flavor.SSHStepOperatorConfig",
+            _I + "ssh.flavors.ssh_step_operator_flavor.SSHStepOperatorSettings"),
+}
+ARTIFACT_STORES = {"s3": _I + "s3.flavors.s3_artifact_store_flavor.S3ArtifactStoreConfig",
+                   "gcp": _I + "gcp.flavors.gcp_artifact_store_flavor.GCPArtifactStoreConfig"}
+TRACKERS = {"mlflow": _I + "mlflow.flavors.mlflow_experiment_tracker_flavor.MLFlowExperimentTrackerConfig"}
+SECTIONS = {"step_operator", "step_settings", "artifact_store", "experiment_tracker", "connector"}
+
+
+def _class(path: str):
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def _check(where: str, cls, values: dict) -> None:
+    """Validate `values` with ZenML's class. Its config classes accept unknown keys, so a typo would be ignored
+    silently: refuse it here. A credential field (ZenML's SecretField) must be a secret reference such as
+    "{{mlflow.password}}", never a literal; references are checked for form, not resolved (no server here)."""
+    from zenml.utils import secret_utils
+
+    unknown = sorted(set(values) - set(cls.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(cls.model_fields)}")
+    resolved = dict(values)
+    for key, value in values.items():
+        secret = secret_utils.is_secret_field(cls.model_fields[key])
+        if secret_utils.is_secret_reference(value):
+            secret_utils.parse_secret_reference(value)  # raises on a malformed reference
+            resolved[key] = "<secret>"
+        elif secret and value is not None:
+            raise ValueError(f"{where}: {key} is a credential: give a ZenML secret reference like "
+                             f"'{{{{my_secret.{key}}}}}', not the value")
+    try:
+        cls.model_validate(resolved)
+    except Exception as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _section(recipe: dict, name: str, where: str, flavors: dict) -> dict:
+    section = recipe.get(name)
+    if not isinstance(section, dict) or section.get("flavor") not in flavors:
+        raise ValueError(f"{where}: {name}.flavor must be one of {sorted(flavors)}")
+    return section
+
+
+def load_recipe(name: str) -> dict:
+    """The recipe `configs/stacks/<name>.yaml`, every component config and the step settings validated."""
+    path = RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no stack recipe {name!r}; there are: {', '.join(sorted(p.stem for p in RECIPES.glob('*.yaml')))}")
+    recipe = yaml.safe_load(path.read_text())
+    where = str(path)
+    if set(recipe) - SECTIONS:
+        raise ValueError(f"{where}: unknown section(s) {sorted(set(recipe) - SECTIONS)}")
+    operator = _section(recipe, "step_operator", where, STEP_OPERATORS)
+    config_class, settings_class = (_class(p) for p in STEP_OPERATORS[operator["flavor"]])
+    _check(f"{where} step_operator.config", config_class, operator.get("config", {}))
+    _check(f"{where} step_settings", settings_class, recipe.get("step_settings", {}))
+    store = _section(recipe, "artifact_store", where, ARTIFACT_STORES)
+    _check(f"{where} artifact_store.config", _class(ARTIFACT_STORES[store["flavor"]]), store.get("config", {}))
+    tracker = _section(recipe, "experiment_tracker", where, TRACKERS)
+    _check(f"{where} experiment_tracker.config", _class(TRACKERS[tracker["flavor"]]), tracker.get("config", {}))
+    return recipe
+
+
+def commands(name: str, recipe: dict) -> list[str]:
+    """The zenml commands that register the recipe's stack (the image is built from docker/Dockerfile)."""
+    def options(config: dict) -> str:
+        return " ".join(f"--{k}={json.dumps(v) if not isinstance(v, str) else v!r}" for k, v in config.items())
+
+    connector = recipe.get("connector", {})
+    operator, store, tracker = recipe["step_operator"], recipe["artifact_store"], recipe["experiment_tracker"]
+    lines = [f"zenml integration install {operator['flavor'] if operator['flavor'] != 'sagemaker' else 'aws'} "
+             f"{store['flavor']} mlflow -y"]
+    if connector:
+        lines.append(f"zenml service-connector register {name}_connector --type {connector['type']} --auto-configure")
+    lines += [
+        f"zenml step-operator register {name}_gpu --flavor={operator['flavor']} {options(operator.get('config', {}))}",
+        f"zenml artifact-store register {name}_store --flavor={store['flavor']} {options(store['config'])}",
+        f"zenml experiment-tracker register {name}_mlflow --flavor=mlflow {options(tracker['config'])}",
+    ]
+    if connector:
+        lines += [f"zenml step-operator connect {name}_gpu --connector {name}_connector",
+                  f"zenml artifact-store connect {name}_store --connector {name}_connector"]
+    lines += ["zenml image-builder register local_builder --flavor=local  # builds docker/Dockerfile (needs Docker)",
+              f"zenml stack register {name}_stack -o default -a {name}_store -s {name}_gpu -e {name}_mlflow "
+              "-i local_builder -c <your container registry> --set"]
+    return lines
+
+
+def run_config_overlay(name: str, recipe: dict) -> dict:
+    """What to add to a run config so the GPU steps go to the recipe's step operator, in the project's image."""
+    step = {"step_operator": f"{name}_gpu", "settings": {"step_operator": recipe.get("step_settings", {}),
+                                                         "resources": {"gpu_count": 1}}}
+    return {"settings": {"docker": {"dockerfile": "docker/Dockerfile", "build_context_root": "."}},
+            "steps": {name: copy.deepcopy(step) for name in GPU_STEPS}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", help="kubernetes, sagemaker, vertex, modal or ssh")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("# register the stack:\n" + "\n".join(commands(args.recipe, recipe)))
+    print("\n# add to your run config:\n" + yaml.safe_dump(run_config_overlay(args.recipe, recipe), sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
