@@ -45,3 +45,13 @@ def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
         "export": {"output_dir": "outputs/tiny", "registered_model_name": "tiny-booking"},
         "eval": {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4},
     }
+
+
+def free_port_env() -> dict:
+    """MASTER_ADDR/MASTER_PORT on a free loopback port, for torch.distributed children."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}

@@ -202,9 +202,11 @@ def train_adapter(
         final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
         eval_metrics = evals[-1] if final_eval_done else trainer.evaluate()
 
-    save_adapter(trainer.model, output_dir, initial_adapter if reinitialises_base(adapter_cfg) else None)
-    if work_dir != Path(scratch):
-        shutil.rmtree(work_dir, ignore_errors=True)  # done: the trained adapter is the durable result now
+        if trainer.is_world_process_zero():  # data parallel: every rank holds the same adapter; one writes it
+            save_adapter(trainer.model, output_dir, initial_adapter if reinitialises_base(adapter_cfg) else None)
+            if work_dir != Path(scratch):
+                shutil.rmtree(work_dir, ignore_errors=True)  # done: the trained adapter is the durable result now
+        trainer.accelerator.wait_for_everyone()
     history = trainer.state.log_history
     train_losses = [entry["loss"] for entry in history if "loss" in entry]
     tokens = int(trainer.state.num_input_tokens_seen)

@@ -1,0 +1,59 @@
+"""Data-parallel SFT for real: `torchrun` with 2 CPU processes (gloo) against one process with the same global batch.
+Each rank trains on its own shard, only rank 0 writes the adapter, and the result equals the single-process one."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm_engineering.config import AdapterConfig, ModelConfig, QuantizationConfig
+from llm_engineering.model.adapter import inject_adapter, save_adapter
+from llm_engineering.model.loading import load_model
+from tests.pipeline_helpers import free_port_env, run
+
+CHILD = Path(__file__).with_name("ddp_child.py")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.fixture()
+def initial_adapter(tiny_model_dir, tmp_path) -> Path:
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="none"))
+    model, _ = inject_adapter(load_model(model_cfg), AdapterConfig(r=4, alpha=8, dropout=0.0,
+                                                                   target_modules="all-linear"))
+    save_adapter(model, tmp_path / "initial")
+    return tmp_path / "initial"
+
+
+def test_two_gloo_ranks_train_disjoint_shards_and_match_one_process(tiny_model_dir, initial_adapter, tmp_path):
+    env = {"OMP_NUM_THREADS": "1", **free_port_env()}
+    single = run([sys.executable, str(CHILD), str(tiny_model_dir), str(initial_adapter), str(tmp_path / "single"), "4"],
+                 tmp_path, 600, env)
+    assert single.returncode == 0, single.stderr[-5000:]
+    ddp = run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", env["MASTER_PORT"], str(CHILD),
+               str(tiny_model_dir), str(initial_adapter), str(tmp_path / "ddp"), "2"], tmp_path, 600, env)
+    assert ddp.returncode == 0, ddp.stderr[-5000:]
+
+    one = json.loads((tmp_path / "single" / "rank0.json").read_text())
+    ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and one["world_size"] == 1
+    batches = [[set(map(tuple, batch)) for batch in r["train_batches"]] for r in ranks]
+    single_batches = [set(map(tuple, batch)) for batch in one["train_batches"]]
+    assert len(batches[0]) == len(batches[1]) == len(single_batches) == 3
+    for step, (shard0, shard1) in enumerate(zip(*batches)):
+        assert len(shard0) == len(shard1) == 2 and not shard0 & shard1  # each rank its own shard...
+        assert shard0 | shard1 == single_batches[step]  # ...together the single process's global batch
+    assert "adapter_model.safetensors" in ranks[0]["wrote"] and ranks[1]["wrote"] == []  # only rank 0 writes
+
+    assert len(ranks[0]["losses"]) == 3
+    assert ranks[0]["losses"] == pytest.approx(one["losses"], rel=1e-4)
+    trained = load_file(tmp_path / "ddp" / "rank0" / "adapter_model.safetensors")
+    reference = load_file(tmp_path / "single" / "rank0" / "adapter_model.safetensors")
+    start = load_file(initial_adapter / "adapter_model.safetensors")
+    assert any(not torch.equal(trained[k], start[k]) for k in trained)  # it trained
+    for name, tensor in reference.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-5)
