@@ -16,10 +16,10 @@ def run(cmd: list[str], cwd: Path, timeout: int, env: dict | None = None) -> sub
                           timeout=timeout)
 
 
-def setup_repo(root: Path) -> str:
+def setup_repo(root: Path, env: dict | None = None) -> str:
     """The README's set-up step, in `root`: returns the MLflow tracking URI."""
     root.mkdir(parents=True, exist_ok=True)
-    done = run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--root", str(root)], root, 300)
+    done = run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--root", str(root)], root, 300, env)
     assert done.returncode == 0, done.stdout + done.stderr
     return f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
 

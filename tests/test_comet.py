@@ -15,14 +15,15 @@ def archive_messages(archive) -> list[dict]:
 
 
 def test_the_pipeline_tracked_by_comet_offline_writes_archives_with_its_metrics(tmp_path, tiny_model_dir):
-    setup_repo(tmp_path)
+    own_store = {"ZENML_CONFIG_PATH": str(tmp_path / "zenml-config")}  # the Comet stack stays out of other tests' store
+    setup_repo(tmp_path, own_store)
     offline = tmp_path / "comet-archives"
     done = run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--comet-offline", str(offline)],
-               tmp_path, 300)
+               tmp_path, 300, own_store)
     assert done.returncode == 0 and "llm_engineering_comet" in done.stdout, done.stdout + done.stderr
     parameters = tiny_parameters(tiny_model_dir)
     parameters["export"]["registered_model_name"] = None  # the model registry is MLflow's; Comet tracks metrics
-    finished = run_pipeline(tmp_path, write_config(tmp_path / "comet.yaml", parameters))
+    finished = run_pipeline(tmp_path, write_config(tmp_path / "comet.yaml", parameters), env=own_store)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-5000:]
 
     archives = sorted(offline.glob("*.zip"))

@@ -3,6 +3,7 @@ to the configured devices, and is tracked like any other step."""
 
 import mlflow
 from zenml.client import Client
+from zenml.enums import ExecutionStatus
 
 from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
 
@@ -10,13 +11,15 @@ from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, wr
 def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp_path, tiny_model_dir, monkeypatch):
     uri = setup_repo(tmp_path)  # the local stack has the local_cuda step operator; steps use it only when named
     steps = {"train_sft": {"step_operator": "local_cuda", "settings": {"step_operator": {"gpus": "0"}}}}
-    config = write_config(tmp_path / "operator.yaml", tiny_parameters(tiny_model_dir), steps=steps)
+    # no cache: other tests' runs of the same config are in this session's store
+    config = write_config(tmp_path / "operator.yaml", tiny_parameters(tiny_model_dir), steps=steps, enable_cache=False)
     done = run_pipeline(tmp_path, config)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
     monkeypatch.chdir(tmp_path)
     run = Client().get_pipeline("finetune").last_run
     sft, data = run.steps["train_sft"], run.steps["load_dataset"]
+    assert sft.status == ExecutionStatus.COMPLETED
     assert sft.config.step_operator == "local_cuda" and data.config.step_operator is None
     assert sft.run_metadata["process"]["pid"] != data.run_metadata["process"]["pid"]
     assert sft.run_metadata["process"]["cuda_visible_devices"] == "0"

@@ -76,6 +76,7 @@ def ensure_local_stack(root: Path) -> str:
     if not (root / ".zen").is_dir():
         Client.initialize(root=root)
     client = Client()
+    client.activate_root(root)  # so the stack below becomes this repository's active stack, not only the global one
     uri = ensure_mlflow_store(root)
     _ensure_component(client, StackComponentType.EXPERIMENT_TRACKER, TRACKER_NAME, "mlflow", {"tracking_uri": uri})
     _ensure_flavor(client, "llm_engineering.orchestration.local_cuda_step_operator.LocalCudaStepOperatorFlavor",
