@@ -25,7 +25,7 @@ def setup_repo(root: Path, env: dict | None = None) -> str:
 
 
 def write_config(path: Path, parameters: dict, **zenml_keys) -> Path:
-    path.write_text(yaml.safe_dump({"enable_cache": True, **zenml_keys, "parameters": {"config": parameters}}))
+    path.write_text(yaml.safe_dump({**zenml_keys, "parameters": {"config": parameters}}))
     return path
 
 

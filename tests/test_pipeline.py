@@ -172,6 +172,22 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, ti
     assert zenml_versions[2] == ("production" if promoted else "staging")
 
 
+def test_an_identical_rerun_takes_every_step_from_the_cache_but_exports_again(repo, tiny_model_dir, monkeypatch):
+    """A second clone or a deleted outputs/ must still get its export: the export step never comes from the cache."""
+    import shutil
+
+    root, _ = repo
+    shutil.rmtree(root / "outputs" / "tiny")
+    config = write_config(root / "tiny-again.yaml", tiny_parameters(tiny_model_dir), model=ZENML_MODEL)
+    done = run_pipeline(root, config)
+    assert done.returncode == 0, done.stderr[-5000:]
+    monkeypatch.chdir(root)
+    steps = latest_run().steps
+    assert {name: steps[name].status for name in STEPS[:-1]} == {name: ExecutionStatus.CACHED for name in STEPS[:-1]}
+    assert steps["export_model"].status == ExecutionStatus.COMPLETED
+    assert (root / "outputs" / "tiny" / "SHA256SUMS").is_file()
+
+
 def test_a_bad_config_fails_before_any_step_runs(repo, tiny_model_dir, monkeypatch):
     root, _ = repo
     monkeypatch.chdir(root)
