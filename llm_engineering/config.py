@@ -150,6 +150,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_length: int = Field(512, gt=0)
     packing: bool = Field(False, description="pack rows into max_length sequences, no attention across rows")
+    # Data parallel (DDP): torchrun starts this many training processes, one per GPU on CUDA (NCCL), gloo processes
+    # on CPU. Each trains per_device_batch_size rows per step: the global batch is that x num_processes x accumulation.
+    num_processes: int = Field(1, gt=0, description="data-parallel training processes (torchrun); 1: in the step")
     # The LM head on trained positions only: one matmul + fp32 cross-entropy (fastest on CPU), or TRL's tiled fused
     # head (least memory for large vocabularies on GPU). auto: the first on CPU, the second on CUDA.
     lm_head_loss: Literal["auto", "trained_positions", "trl_fused"] = "auto"

@@ -29,6 +29,16 @@ def active_run_id() -> Optional[str]:
     return run.info.run_id if run else None
 
 
+def active_run_target() -> Optional[tuple[str, str]]:
+    """(run id, tracking URI) of the active MLflow run, for processes that log into it from outside."""
+    run_id = active_run_id()
+    if not run_id:
+        return None
+    import mlflow
+
+    return run_id, mlflow.get_tracking_uri()
+
+
 def comet_experiment():
     """The running Comet experiment, if comet_ml is installed and one is open."""
     try:
@@ -50,14 +60,17 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: Optional[int] = None) -> None:
-    finite = {k: float(v) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    finite = {k: float(v) for k, v in metrics.items() if _is_metric(v)}
     if active_run_id():
         import mlflow
 
         mlflow.log_metrics(finite, step=step)
     if comet := comet_experiment():
         comet.log_metrics(finite, step=step)
+
+
+def _is_metric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -108,10 +121,26 @@ def log_table(rows: list[dict], artifact_file: str) -> None:
         comet.log_asset_data(json.dumps(rows, indent=2), name=artifact_file)
 
 
-def mlflow_metrics_callback():
-    """A TrainerCallback streaming train/eval loss, learning rate and grad norm to the active MLflow run as they
-    happen (instead of transformers' MLflowCallback, which also logs ~150 TrainingArguments as params)."""
+def mlflow_metrics_callback(run_id: Optional[str] = None, tracking_uri: Optional[str] = None):
+    """A TrainerCallback streaming train/eval loss, learning rate and grad norm to MLflow as they happen (instead of
+    transformers' MLflowCallback, which also logs ~150 TrainingArguments as params).
+
+    By default it logs into the active run (and Comet); with `run_id` it logs into that run from a process that has
+    no active run, a data-parallel training process, without touching the run's status."""
     from transformers import TrainerCallback
+
+    if run_id:
+        import mlflow
+        from mlflow.entities import Metric
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+        def sink(metrics, step):
+            at = int(time.time() * 1000)
+            finite = {k: float(v) for k, v in metrics.items() if _is_metric(v)}
+            client.log_batch(run_id, metrics=[Metric(k, v, at, step) for k, v in finite.items()])
+    else:
+        sink = log_metrics
 
     class MlflowMetrics(TrainerCallback):
         last = None  # (time, tokens seen) at the previous training log, or at the start
@@ -122,17 +151,32 @@ def mlflow_metrics_callback():
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 logs = dict(logs)
-                if "train_loss" in logs:  # the end-of-training summary: its loss is the mean over all steps
-                    logs["train_loss_mean"] = logs.pop("train_loss")
-                elif "loss" in logs:  # throughput of the steps since the last log (transformers': since the start)
-                    now, seen = time.perf_counter(), state.num_input_tokens_seen
+                if "loss" in logs and "train_loss" not in logs:  # throughput since the last log (transformers':
+                    now, seen = time.perf_counter(), state.num_input_tokens_seen  # since the start)
                     if self.last and seen > self.last[1]:
                         logs["step_tokens_per_second"] = (seen - self.last[1]) / (now - self.last[0])
                     self.last = (now, seen)
-                renamed = {("train_" + k if not k.startswith(("eval_", "train_")) else k): v for k, v in logs.items()}
-                log_metrics(renamed, step=state.global_step)
+                sink(training_log_metrics(logs), state.global_step)
 
     return MlflowMetrics()
+
+
+def training_log_metrics(logs: dict[str, Any]) -> dict[str, Any]:
+    """A Trainer log entry under our metric names: train_* / eval_*; the end-of-training summary's `train_loss` (the
+    mean over all steps) becomes `train_loss_mean`."""
+    logs = dict(logs)
+    if "train_loss" in logs:
+        logs["train_loss_mean"] = logs.pop("train_loss")
+    return {("train_" + k if not k.startswith(("eval_", "train_")) else k): v for k, v in logs.items()}
+
+
+def replay_to_comet(log_history: list[dict]) -> None:
+    """Log a finished training's history into the running Comet experiment (ranks of a data-parallel run stream to
+    MLflow only)."""
+    if comet := comet_experiment():
+        for entry in log_history:
+            comet.log_metrics({k: v for k, v in training_log_metrics(entry).items() if _is_metric(v)},
+                              step=entry.get("step"))
 
 
 def log_and_register_model(model, tokenizer, registered_model_name: Optional[str]) -> Optional[dict[str, Any]]:

@@ -12,7 +12,7 @@ from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig, flatten
 from llm_engineering.model.curves import loss_curve
 from llm_engineering.model.loading import BaseModelRef
-from llm_engineering.model.training import train_adapter
+from llm_engineering.model import data_parallel
 from llm_engineering.orchestration.checkpoints import durable_checkpoint_dir, training_key
 
 
@@ -33,10 +33,11 @@ def train_sft(
                            files=(initial_adapter.path / "adapter_model.safetensors",))
         checkpoints = durable_checkpoint_dir(key, train.checkpoint_dir)
     with scratch_output("trained-adapter-") as out:
-        result = train_adapter(
+        result = data_parallel.train(  # in this process, or on train.num_processes torchrun ranks
             base_model.config, adapter, train, initial_adapter.path,
             train_dataset, eval_dataset, out,  # token columns are taken as they are, not copied to Python lists
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
+            mlflow_run=tracking.active_run_target(),
         )
     metrics = result.metrics()
     tracking.log_adapter_model(out, flatten(adapter, prefix="adapter."))

@@ -57,3 +57,54 @@ def test_two_gloo_ranks_train_disjoint_shards_and_match_one_process(tiny_model_d
     assert any(not torch.equal(trained[k], start[k]) for k in trained)  # it trained
     for name, tensor in reference.items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_rank_is_reported_by_name(tiny_model_dir, tmp_path):
+    """A rank's error comes back to the caller as one message that names the rank and the error."""
+    from llm_engineering.config import TrainConfig
+    from llm_engineering.model import data_parallel
+
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="none"))
+    rows = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}] * 4
+    with pytest.raises(data_parallel.DataParallelError, match=r"failed on rank\d: .*no-such-adapter"):
+        data_parallel.train(model_cfg, AdapterConfig(r=4, target_modules="all-linear"),
+                            TrainConfig(num_processes=2, max_steps=1, mixed_precision="no"),
+                            tmp_path / "no-such-adapter", rows, rows, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(tmp_path, tiny_model_dir, monkeypatch):
+    """`train.num_processes: 2` in the run config: the SFT step launches two gloo ranks that share the training rows,
+    rank 0 streams the loss into the run's MLflow run, and the pipeline goes on to merge and export as usual."""
+    import mlflow
+    from zenml.client import Client
+    from zenml.enums import ExecutionStatus
+
+    from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
+
+    uri = setup_repo(tmp_path)
+    parameters = tiny_parameters(tiny_model_dir)
+    parameters["data"] = {"num_rows": 20, "eval_rows": 4}
+    # one epoch over the training rows, 2 rows per rank per step
+    parameters["train"].update(num_processes=2, per_device_batch_size=2, max_steps=None, num_epochs=1.0)
+    config = write_config(tmp_path / "ddp.yaml", parameters, enable_cache=False)
+    done = run_pipeline(tmp_path, config, env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    monkeypatch.chdir(tmp_path)
+    run = Client().get_pipeline("finetune").last_run
+    assert run.status == ExecutionStatus.COMPLETED
+    sft = run.steps["train_sft"].run_metadata
+    train_rows = run.steps["load_dataset"].outputs["train_dataset"][0].load()
+    assert sft["train_world_size"] == 2
+    assert sft["train_steps"] == len(train_rows) // 4  # a global batch of 4 rows: the epoch is split between ranks
+    # both ranks' tokens are counted, and together they are every training row's tokens once
+    assert sft["train_tokens"] == sum(len(ids) for ids in train_rows["input_ids"])
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    losses = client.get_metric_history(mlflow_run.info.run_id, "train_loss")
+    assert sorted(m.step for m in losses) == list(range(1, sft["train_steps"] + 1))  # from rank 0, once per step
+    assert mlflow_run.data.metrics["train_world_size"] == 2
+    assert (tmp_path / "outputs" / "tiny" / "model.safetensors").is_file()

@@ -45,6 +45,7 @@ class TrainResult:
     model_tflops: float = 0.0  # 4·N·tokens/s (throughput.py)
     matmul_peak_gflops: float = 0.0  # measured on this machine, in the compute dtype
     resumed_from_step: int = 0
+    world_size: int = 1  # data-parallel processes that trained it (tokens and throughput are their sum)
     log_history: list[dict] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -57,6 +58,7 @@ class TrainResult:
             "train_tokens_per_second": self.tokens_per_second,
             "train_peak_memory_gib": self.peak_memory_bytes / 2**30,
             "train_resumed_from_step": self.resumed_from_step,
+            "train_world_size": self.world_size,
             "train_padding_fraction": self.padding_fraction,
             "train_model_tflops": self.model_tflops,
             "train_matmul_peak_gflops": self.matmul_peak_gflops,
@@ -228,6 +230,7 @@ def train_adapter(
         padding_fraction=padding_fraction([len(ids) for ids in trainer.train_dataset["input_ids"]],
                                           cfg.per_device_batch_size, cfg.seed),
         resumed_from_step=checkpoint_step(resume) if resume else 0,
+        world_size=trainer.args.world_size,
         log_history=history,
     )
 
