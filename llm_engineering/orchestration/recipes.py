@@ -96,29 +96,57 @@ def load_recipe(name: str) -> dict:
     return recipe
 
 
-def commands(name: str, recipe: dict) -> list[str]:
-    """The zenml commands that register the recipe's stack (the image is built from docker/Dockerfile)."""
+def components(name: str, recipe: dict, container_registry: str) -> list[tuple[str, str, str, dict]]:
+    """(component type, name, flavor, config) of the recipe's stack, besides the local orchestrator: the step
+    operator, the remote artifact store and MLflow server, the container registry and a local image builder (it
+    builds docker/Dockerfile, which needs Docker where the run starts)."""
+    operator, store, tracker = recipe["step_operator"], recipe["artifact_store"], recipe["experiment_tracker"]
+    return [
+        ("step_operator", f"{name}_gpu", operator["flavor"], operator.get("config", {})),
+        ("artifact_store", f"{name}_store", store["flavor"], store["config"]),
+        ("experiment_tracker", f"{name}_mlflow", tracker["flavor"], tracker["config"]),
+        ("container_registry", f"{name}_registry", "default", {"uri": container_registry}),
+        ("image_builder", f"{name}_builder", "local", {}),
+    ]
+
+
+def commands(name: str, recipe: dict, container_registry: str = "<your container registry URI>") -> list[str]:
+    """The zenml commands that register the recipe's stack."""
     def options(config: dict) -> str:
         return " ".join(f"--{k}={json.dumps(v) if not isinstance(v, str) else v!r}" for k, v in config.items())
 
     connector = recipe.get("connector", {})
-    operator, store, tracker = recipe["step_operator"], recipe["artifact_store"], recipe["experiment_tracker"]
-    lines = [f"zenml integration install {operator['flavor'] if operator['flavor'] != 'sagemaker' else 'aws'} "
-             f"{store['flavor']} mlflow -y"]
+    operator, store = recipe["step_operator"]["flavor"], recipe["artifact_store"]["flavor"]
+    lines = [f"zenml integration install {operator if operator != 'sagemaker' else 'aws'} {store} mlflow -y"]
     if connector:
         lines.append(f"zenml service-connector register {name}_connector --type {connector['type']} --auto-configure")
-    lines += [
-        f"zenml step-operator register {name}_gpu --flavor={operator['flavor']} {options(operator.get('config', {}))}",
-        f"zenml artifact-store register {name}_store --flavor={store['flavor']} {options(store['config'])}",
-        f"zenml experiment-tracker register {name}_mlflow --flavor=mlflow {options(tracker['config'])}",
-    ]
+    parts = components(name, recipe, container_registry)
+    lines += [f"zenml {kind.replace('_', '-')} register {component} --flavor={flavor} {options(config)}".rstrip()
+              for kind, component, flavor, config in parts]
     if connector:
         lines += [f"zenml step-operator connect {name}_gpu --connector {name}_connector",
                   f"zenml artifact-store connect {name}_store --connector {name}_connector"]
-    lines += ["zenml image-builder register local_builder --flavor=local  # builds docker/Dockerfile (needs Docker)",
-              f"zenml stack register {name}_stack -o default -a {name}_store -s {name}_gpu -e {name}_mlflow "
-              "-i local_builder -c <your container registry> --set"]
+    short = {"step_operator": "-s", "artifact_store": "-a", "experiment_tracker": "-e", "container_registry": "-c",
+             "image_builder": "-i"}
+    lines.append(f"zenml stack register {name}_stack -o default "
+                 + " ".join(f"{short[kind]} {component}" for kind, component, _, _ in parts) + " --set")
     return lines
+
+
+def register(name: str, recipe: dict, container_registry: str) -> str:
+    """Register the recipe's components and stack in the active ZenML store, as `commands` would; returns the stack
+    name. ZenML validates each config against its flavor and resolves the secret references (they must exist).
+    Connecting a service connector is left to its commands: that needs your cloud login."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    client = Client()
+    parts = components(name, recipe, container_registry)
+    for kind, component, flavor, config in parts:
+        client.create_stack_component(component, flavor, StackComponentType(kind), config)
+    stack = {StackComponentType(kind): component for kind, component, _, _ in parts}
+    stack[StackComponentType.ORCHESTRATOR] = "default"
+    return client.create_stack(f"{name}_stack", components=stack).name
 
 
 def run_config_overlay(name: str, recipe: dict) -> dict:
@@ -132,15 +160,52 @@ def run_config_overlay(name: str, recipe: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="kubernetes, sagemaker, vertex, modal or ssh")
+    parser.add_argument("--register", action="store_true",
+                        help="register the stack in the active ZenML store (needs --container-registry)")
+    parser.add_argument("--container-registry", help="where the step image is pushed, e.g. ghcr.io/you")
+    parser.add_argument("--run-config", type=Path,
+                        help="with --out: write this run config plus the recipe's overlay to --out")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe)
+        if args.register and not args.container_registry:
+            raise ValueError("--register needs --container-registry (where the step image is pushed)")
+        if bool(args.run_config) != bool(args.out):
+            raise ValueError("--run-config and --out go together")
+        if args.run_config and not args.run_config.is_file():
+            raise ValueError(f"--run-config {args.run_config}: no such file")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("# register the stack:\n" + "\n".join(commands(args.recipe, recipe)))
-    print("\n# add to your run config:\n" + yaml.safe_dump(run_config_overlay(args.recipe, recipe), sort_keys=False))
+    overlay = run_config_overlay(args.recipe, recipe)
+    if args.register:
+        stack = register(args.recipe, recipe, args.container_registry)
+        print(f"registered stack {stack}; activate it with `zenml stack set {stack}`")
+        if recipe.get("connector"):
+            print("# connect it to your cloud account:\n" + "\n".join(
+                line for line in commands(args.recipe, recipe) if "connector" in line))
+    else:
+        print("# register the stack:\n" + "\n".join(commands(args.recipe, recipe, args.container_registry
+                                                              or "<your container registry URI>")))
+    if args.out:
+        args.out.write_text(yaml.safe_dump(with_overlay(yaml.safe_load(args.run_config.read_text()), overlay),
+                                           sort_keys=False))
+        print(f"wrote {args.out}: {args.run_config} with the GPU steps on {args.recipe}_gpu")
+    else:
+        print("\n# add to your run config:\n" + yaml.safe_dump(overlay, sort_keys=False))
     return 0
+
+
+def with_overlay(run_config: dict, overlay: dict) -> dict:
+    """`run_config` with the overlay's docker settings and per-step keys merged in (its other keys kept)."""
+    merged = copy.deepcopy(run_config)
+    merged.setdefault("settings", {}).update(overlay["settings"])
+    for step, keys in copy.deepcopy(overlay["steps"]).items():
+        target = merged.setdefault("steps", {}).setdefault(step, {})
+        target.setdefault("settings", {}).update(keys.pop("settings", {}))  # the step's other settings stay
+        target.update(keys)
+    return merged
 
 
 if __name__ == "__main__":
