@@ -33,7 +33,7 @@ def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp
 
 def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(tmp_path, monkeypatch):
     """Up to the boundary of a machine with a GPU: the compiled snapshot of configs/gpu_hub_model.yaml names the step
-    operator and one GPU for SFT and merge, and leaves the CPU steps on the orchestrator."""
+    operator and one GPU for the four steps that load the model, and leaves the CPU steps on the orchestrator."""
     from pipelines.finetune import finetune
     from tests.pipeline_helpers import PROJECT
 
@@ -43,6 +43,6 @@ def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_opera
         name="gpu-plan")
     plan = {name: (step.config.step_operator, step.config.resource_settings.gpu_count)
             for name, step in snapshot.step_configurations.items()}
-    assert plan == {"load_dataset": (None, None), "load_base_model": (None, None), "inject_adapter": (None, None),
+    assert plan == {"load_dataset": (None, None), "load_base_model": ("local_cuda", 1), "inject_adapter": ("local_cuda", 1),
                     "train_sft": ("local_cuda", 1), "merge_adapter": ("local_cuda", 1), "export_model": (None, None)}
     assert snapshot.step_configurations["train_sft"].config.retry.max_retries == 3
