@@ -41,11 +41,13 @@ LEVERS = {
     "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
     "ours: packing": {"train": {"packing": True}},
     "ours: no quantization (bf16 weights)": {"model": {"quantization": {"method": "none"}}},
+    "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
 }
 PROFILED_STEPS = 2
 GPU_LEVERS = {
     "ours: trained-positions LM-head loss": {"train": {"lm_head_loss": "trained_positions"}},
     "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
+    "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
 }
 
 
@@ -180,14 +182,13 @@ def heldout_loss(model, rows: list[dict]) -> float:
 
 
 def train(trainer, cfg, train_cfg) -> None:
-    from llm_engineering.data.collate import block_diagonal_attention
-    from llm_engineering.model.training import varlen_packing
+    from llm_engineering.model.training import training_context
 
-    if train_cfg.packing and not varlen_packing(train_cfg, cfg.model) and not isinstance(trainer, PlainTRL):
-        with block_diagonal_attention(trainer.model):
-            trainer.train()
-    else:
+    if isinstance(trainer, PlainTRL):
         trainer.train()
+    else:
+        with training_context(trainer.model, train_cfg, cfg.model):
+            trainer.train()
 
 
 def profiled_train(trainer, cfg, train_cfg, args, variant: str) -> None:
@@ -260,7 +261,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=["8b", "tiny"], default="8b", help="GPU profile model shape")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--levers", action="store_true")
+    parser.add_argument("--levers", action="store_true", help="also run every lever")
+    parser.add_argument("--lever", action="append", default=[], help="also run this lever (repeatable)")
     parser.add_argument("--batch", type=int, default=2, help="GPU profile: packed 2048-token sequences per step")
     parser.add_argument("--out")
     parser.add_argument("--torch-profile", action="store_true", help="also write each variant's top operators")
@@ -276,7 +278,10 @@ def main() -> None:
 
     peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
     levers = GPU_LEVERS if args.profile == "gpu" else LEVERS
-    variants = ["TRL defaults", "ours"] + (list(levers) if args.levers else [])
+    unknown = set(args.lever) - set(levers)
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {sorted(unknown)}; there are: {list(levers)}")
+    variants = ["TRL defaults", "ours"] + (list(levers) if args.levers else args.lever)
 
     extra = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -156,6 +156,9 @@ class TrainConfig(_Section):
     # The LM head on trained positions only: one matmul + fp32 cross-entropy (fastest on CPU), or TRL's tiled fused
     # head (least memory for large vocabularies on GPU). auto: the first on CPU, the second on CUDA.
     lm_head_loss: Literal["auto", "trained_positions", "trl_fused"] = "auto"
+    # One autograd node per LoRA linear (base matmul + low-rank update, backward written out) instead of PEFT's
+    # chain of modules; same gradients. Layers it cannot take (DoRA, dropout > 0) keep PEFT's forward.
+    fused_lora: bool = True
     logging_steps: int = Field(5, gt=0)
     eval_steps: int = Field(20, gt=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"

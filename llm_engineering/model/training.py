@@ -159,6 +159,23 @@ def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
     return cfg.packing and model_cfg.attn_implementation == "flash_attention_2"
 
 
+@contextlib.contextmanager
+def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
+    """What the model runs under while it trains: 4-bit weights kept in their trainable layout through mid-training
+    evaluations (bnb_cpu.py), the block-diagonal mask for packed rows (unless flash attention keeps them apart) and
+    the fused LoRA linears (`train.fused_lora`)."""
+    from llm_engineering.model.bnb_cpu import trainable_4bit_layout
+    from llm_engineering.model.fused_lora import fused_lora
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(trainable_4bit_layout(model))
+        if cfg.packing and not varlen_packing(cfg, model_cfg):
+            stack.enter_context(block_diagonal_attention(model))
+        if cfg.fused_lora:
+            stack.enter_context(fused_lora(model))
+        yield
+
+
 def train_adapter(
     model_cfg: ModelConfig,
     adapter_cfg: AdapterConfig,
@@ -195,9 +212,7 @@ def train_adapter(
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        packed = cfg.packing and not varlen_packing(cfg, model_cfg)
-        with out_of_memory_advice(model_cfg, adapter_cfg, cfg), \
-                (block_diagonal_attention(model) if packed else contextlib.nullcontext()):
+        with out_of_memory_advice(model_cfg, adapter_cfg, cfg), training_context(model, cfg, model_cfg):
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
