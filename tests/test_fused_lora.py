@@ -38,9 +38,10 @@ def loss_and_grads(model, fused: bool, autocast: bool = False):
     return loss.item(), grads
 
 
-@pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_fused_layers_give_peft_s_loss_and_gradients(tiny_model_dir, quantization):
-    model = lora_model(tiny_model_dir, quantization)
+@pytest.mark.parametrize("quantization,dropout", [("none", 0.0), ("4bit", 0.0), ("4bit", 0.1)])
+def test_fused_layers_give_peft_s_loss_and_gradients(tiny_model_dir, quantization, dropout):
+    """With dropout, both draw the same masks: the same seed, one dropout call per layer in the same order."""
+    model = lora_model(tiny_model_dir, quantization, dropout=dropout)
     reference_loss, reference = loss_and_grads(model, fused=False)
     with fused_lora(model) as fused:
         assert fused == 2 * 7  # every linear of both layers

@@ -10,8 +10,8 @@ on CPU and CUDA alike):
     dB = scale * g^T (x A^T)        dA = scale * (g B)^T x        dx = g W + scale * (g B) A
 
 The frozen weight is dequantized again in the backward instead of being kept (QLoRA's memory point). Layers this does
-not cover (DoRA and other variants, dropout > 0, a trained base bias, several active adapters, 8-bit bases) keep
-PEFT's forward.
+not cover (DoRA and other variants, a trained base bias, several active adapters, 8-bit bases) keep PEFT's forward.
+With LoRA dropout the branch's input is dropped out first, as PEFT does, and its gradient returned separately.
 """
 
 from __future__ import annotations
@@ -43,33 +43,41 @@ def dense_weight(base: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _FusedLoraLinear(torch.autograd.Function):
+    """`x_lora` is the LoRA branch's input when dropout makes it differ from `x`, else None (one addmm for both)."""
+
     @staticmethod
-    def forward(ctx, x, lora_a, lora_b, base, scale, dtype):
+    def forward(ctx, x, x_lora, lora_a, lora_b, base, scale, dtype):
         with torch.autocast(x.device.type, enabled=False):  # dtypes are explicit here
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
+            flat_lora = flat if x_lora is None else x_lora.reshape(-1, x.shape[-1]).to(dtype)
             a, b = lora_a.to(dtype), lora_b.to(dtype)
-            down = flat @ a.t()  # [tokens, r]
+            down = flat_lora @ a.t()  # [tokens, r]
             out = torch.addmm(flat @ dense_weight(base, dtype).t(), down, b.t(), alpha=scale)
             if base.bias is not None:
                 out = out + base.bias.to(dtype)
-        ctx.save_for_backward(flat, down, a, b)
+        ctx.save_for_backward(flat_lora, down, a, b)
         ctx.base, ctx.scale, ctx.dtype, ctx.input_shape, ctx.input_dtype = base, scale, dtype, x.shape, x.dtype
-        ctx.weight_dtypes = (lora_a.dtype, lora_b.dtype)
+        ctx.weight_dtypes, ctx.separate = (lora_a.dtype, lora_b.dtype), x_lora is not None
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        flat, down, a, b = ctx.saved_tensors
+        flat_lora, down, a, b = ctx.saved_tensors
         with torch.autocast(grad.device.type, enabled=False):
             g = grad.reshape(-1, grad.shape[-1]).to(ctx.dtype)
             g_b = g @ b  # [tokens, r]
-            grad_a = torch.mm(g_b.t(), flat).mul_(ctx.scale).to(ctx.weight_dtypes[0])
+            grad_a = torch.mm(g_b.t(), flat_lora).mul_(ctx.scale).to(ctx.weight_dtypes[0])
             grad_b = torch.mm(g.t(), down).mul_(ctx.scale).to(ctx.weight_dtypes[1])
-            grad_x = None
-            if ctx.needs_input_grad[0]:
-                grad_x = torch.addmm(g @ dense_weight(ctx.base, ctx.dtype), g_b, a, alpha=ctx.scale)
-                grad_x = grad_x.view(ctx.input_shape).to(ctx.input_dtype)
-        return grad_x, grad_a, grad_b, None, None, None
+            grad_x = grad_x_lora = None
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+                through_base = g @ dense_weight(ctx.base, ctx.dtype)
+                if ctx.separate:  # dropout sits between x and the LoRA branch: autograd adds the two
+                    grad_x = through_base.view(ctx.input_shape).to(ctx.input_dtype)
+                    grad_x_lora = (g_b @ a).mul_(ctx.scale).view(ctx.input_shape).to(ctx.input_dtype)
+                else:
+                    grad_x = torch.addmm(through_base, g_b, a, alpha=ctx.scale)
+                    grad_x = grad_x.view(ctx.input_shape).to(ctx.input_dtype)
+        return grad_x, grad_x_lora, grad_a, grad_b, None, None, None
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -77,8 +85,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if args or kwargs or self.disable_adapters or self.merged or adapter not in self.lora_A:
         return type(self).forward(self, x, *args, **kwargs)  # PEFT's own path for anything unusual
     dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-    return _FusedLoraLinear.apply(x, self.lora_A[adapter].weight, self.lora_B[adapter].weight, self.get_base_layer(),
-                                  self.scaling[adapter], dtype)
+    dropout = self.lora_dropout[adapter]
+    x_lora = dropout(x) if self.training and not isinstance(dropout, torch.nn.Identity) else None
+    return _FusedLoraLinear.apply(x, x_lora, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
+                                  self.get_base_layer(), self.scaling[adapter], dtype)
 
 
 def fusable(module: torch.nn.Module) -> Optional[str]:
@@ -97,9 +107,8 @@ def fusable(module: torch.nn.Module) -> Optional[str]:
     adapter = module.active_adapters[0]
     if adapter in getattr(module, "lora_variant", {}):
         return "a LoRA variant (DoRA, ...)"
-    dropout = module.lora_dropout[adapter]
-    if not isinstance(dropout, torch.nn.Identity) and getattr(dropout, "p", 0.0) > 0:
-        return "LoRA dropout > 0"
+    if not isinstance(module.lora_dropout[adapter], (torch.nn.Identity, torch.nn.Dropout)):
+        return f"LoRA dropout {type(module.lora_dropout[adapter]).__name__}"
     return None
 
 
