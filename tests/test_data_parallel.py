@@ -108,3 +108,17 @@ def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(tmp_path, tiny_
     assert sorted(m.step for m in losses) == list(range(1, sft["train_steps"] + 1))  # from rank 0, once per step
     assert mlflow_run.data.metrics["train_world_size"] == 2
     assert (tmp_path / "outputs" / "tiny" / "model.safetensors").is_file()
+
+
+def test_more_processes_than_visible_gpus_is_refused_before_anything_loads(monkeypatch):
+    """On a CUDA machine each rank needs its own GPU (simulated: this machine has none)."""
+    from llm_engineering.config import TrainConfig
+    from llm_engineering.model import data_parallel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(data_parallel.DataParallelError,
+                       match=r"train.num_processes is 2 but this process sees 1 GPU\(s\) \(CUDA_VISIBLE_DEVICES=3\)"):
+        data_parallel.check_devices(TrainConfig(num_processes=2))
+    data_parallel.check_devices(TrainConfig(num_processes=1))  # one process: the step's own device

@@ -62,10 +62,10 @@ def zenml_cli(tmp_path, *args, timeout=300):
     return run([sys.executable, *args], tmp_path, timeout, env)
 
 
-def test_every_recipe_registers_as_a_real_stack_and_two_compile_to_a_gpu_plan(tmp_path):
+def test_every_recipe_registers_as_a_real_stack_and_three_compile_to_a_gpu_plan(tmp_path):
     """Registration for real, in a ZenML store: ZenML validates each component against its flavor and resolves the
     secret references, so the secrets the recipes name are created first, as a user would. Compiling needs each
-    integration's SDK: with the Kubernetes and SSH ones installed, the compiled plan sends the four steps that
+    integration's SDK: with the Kubernetes, SSH and Modal ones installed, the compiled plan sends the four steps that
     load the model to the operator with one GPU, the recipe's pod or GPU settings and an image from
     docker/Dockerfile, and keeps the other steps on the orchestrator. Nothing is built (no Docker here) and nothing is submitted."""
     import json
@@ -90,7 +90,7 @@ for name in {NAMES!r}:
                          "--run-config", {str(PROJECT / "configs" / "default.yaml")!r}, "--out", name + "_run.yaml"]) == 0
 print("STACKS " + json.dumps({{s.name: {{t.value: [m.flavor_name for m in ms] for t, ms in s.components.items()}}
                              for s in client.list_stacks(size=50)}}))
-for name in ("kubernetes", "ssh", "sagemaker"):
+for name in ("kubernetes", "ssh", "modal", "sagemaker"):
     print("PLAN " + name, flush=True)
     plan.main([name + "_run.yaml", "--stack", name + "_stack"])
 """
@@ -103,7 +103,7 @@ for name in ("kubernetes", "ssh", "sagemaker"):
     assert stacks["vertex_stack"]["artifact_store"] == ["gcp"]
     assert all(stacks[f"{n}_stack"]["container_registry"] == ["default"] for n in NAMES)
 
-    for name, settings_key in (("kubernetes", "pod_settings"), ("ssh", "gpu_indices")):
+    for name, settings_key in (("kubernetes", "pod_settings"), ("ssh", "gpu_indices"), ("modal", "gpu")):
         printed = out.split(f"PLAN {name}\n", 1)[1]
         plan = json.JSONDecoder().raw_decode(printed[printed.index("{"):])[0]
         assert plan["stack"] == f"{name}_stack"
