@@ -42,12 +42,14 @@ LEVERS = {
     "ours: packing": {"train": {"packing": True}},
     "ours: no quantization (bf16 weights)": {"model": {"quantization": {"method": "none"}}},
     "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
+    "ours: bf16 adapter weights (TRL's QLoRA cast)": {"train": {"adapter_dtype": "bfloat16"}},
 }
 PROFILED_STEPS = 2
 GPU_LEVERS = {
     "ours: trained-positions LM-head loss": {"train": {"lm_head_loss": "trained_positions"}},
     "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
     "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
+    "ours: bf16 adapter weights (TRL's QLoRA cast)": {"train": {"adapter_dtype": "bfloat16"}},
 }
 
 

@@ -159,6 +159,10 @@ class TrainConfig(_Section):
     # One autograd node per LoRA linear (base matmul + low-rank update, backward written out) instead of PEFT's
     # chain of modules; same gradients. Layers it cannot take (DoRA, dropout > 0) keep PEFT's forward.
     fused_lora: bool = True
+    # TRL casts a quantized model's LoRA weights to bf16 (the QLoRA paper's choice), so AdamW then updates bf16
+    # weights and drops every update below bf16's resolution (2^-8 relative) as the learning rate decays. float32
+    # keeps them (and their optimizer state) in fp32, as PEFT does for unquantized models; they are cast per matmul.
+    adapter_dtype: Literal["float32", "bfloat16"] = "float32"
     logging_steps: int = Field(5, gt=0)
     eval_steps: int = Field(20, gt=0)
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"

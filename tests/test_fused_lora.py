@@ -71,3 +71,55 @@ def test_dora_keeps_peft_s_forward_and_the_forward_is_restored(tiny_model_dir):
     with fused_lora(plain):
         assert "forward" in vars(layer)
     assert "forward" not in vars(layer)  # the class's forward again
+
+
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_training_with_and_without_fused_layers_gives_the_same_adapter(tiny_model_dir, tmp_path,
+                                                                        gradient_checkpointing):
+    """Through train_adapter: the Trainer, our loss, fp32 adapter weights on a 4-bit base, and with gradient
+    checkpointing the recomputed forward."""
+    from safetensors.torch import load_file
+
+    from llm_engineering.config import DataConfig, TrainConfig
+    from llm_engineering.model.adapter import save_adapter
+    from llm_engineering.model.training import train_adapter
+    from tests.conftest import prepared
+
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
+    adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
+                            gradient_checkpointing=gradient_checkpointing)
+    save_adapter(lora_model(tiny_model_dir, "4bit"), tmp_path / "initial")
+    split = prepared(DataConfig(num_rows=20, eval_rows=4), 128)
+    start = load_file(tmp_path / "initial" / "adapter_model.safetensors")
+    updates, losses = {}, {}
+    for fused in (False, True):
+        train = TrainConfig(learning_rate=5e-3, max_steps=3, per_device_batch_size=4, logging_steps=1, eval_steps=100,
+                            max_length=128, mixed_precision="no", fused_lora=fused)
+        out = tmp_path / f"fused-{fused}"
+        result = train_adapter(model_cfg, adapter, train, tmp_path / "initial", split.train, split.eval, out)
+        trained = load_file(out / "adapter_model.safetensors")
+        assert all(t.dtype == torch.float32 for t in trained.values())
+        losses[fused] = [e["loss"] for e in result.log_history if "loss" in e]
+        updates[fused] = torch.cat([(t - start[k]).flatten() for k, t in sorted(trained.items())])
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert updates[False].norm() > 0
+    torch.testing.assert_close(updates[True], updates[False], rtol=1e-4, atol=1e-6)
+
+
+def test_adapter_weights_stay_float32_on_a_quantized_base_unless_asked(tiny_model_dir, tmp_path):
+    """TRL casts a quantized model's LoRA weights to bf16; train.adapter_dtype decides (default float32)."""
+    from llm_engineering.config import DataConfig, TrainConfig
+    from llm_engineering.model.training import build_trainer
+    from llm_engineering.model.loading import load_tokenizer
+    from tests.conftest import prepared
+
+    split = prepared(DataConfig(num_rows=8, eval_rows=4), 128)
+    model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
+                            quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
+    for adapter_dtype, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        model = lora_model(tiny_model_dir, "4bit")
+        train = TrainConfig(max_steps=1, mixed_precision="no", adapter_dtype=adapter_dtype)
+        trainer = build_trainer(model, load_tokenizer(model_cfg), model_cfg, AdapterConfig(), train, split.train,
+                                split.eval, tmp_path / adapter_dtype)
+        assert {p.dtype for p in trainer.model.parameters() if p.requires_grad} == {expected}

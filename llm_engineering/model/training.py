@@ -128,7 +128,7 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
     train = token_dataset(train_rows)
     if cfg.packing:  # packed once here, shuffled first so that each sequence mixes rows from the whole dataset
         train = pack_dataset(train.shuffle(seed=cfg.seed), cfg.max_length, strategy="bfd")
-    return trainer_class(
+    trainer = trainer_class(
         model=model,
         args=sft_config(cfg, adapter_cfg, model_cfg, str(output_dir)),
         train_dataset=train,
@@ -137,6 +137,11 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
         data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg)),
         callbacks=callbacks,
     )
+    if cfg.adapter_dtype == "float32":  # undo TRL's bf16 cast of a quantized model's adapter (before the optimizer)
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                param.data = param.data.float()
+    return trainer
 
 
 def token_dataset(rows):
