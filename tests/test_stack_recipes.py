@@ -82,6 +82,10 @@ from pipelines import plan
 
 Client.initialize()
 client = Client()
+# before the secrets exist: refused by name, and nothing is registered
+existing = len(client.list_stack_components(size=50).items)
+assert recipes.main(["kubernetes", "--register", "--container-registry", "ghcr.io/example"]) == 2
+print("COMPONENTS ADDED WITHOUT SECRETS", len(client.list_stack_components(size=50).items) - existing)
 client.create_secret("mlflow", {{"username": "u", "password": "p"}})
 client.create_secret("gpu_box", {{"ssh_private_key": "not-a-key"}})
 client.create_secret("modal", {{"token_id": "i", "token_secret": "s"}})
@@ -96,6 +100,9 @@ for name in ("kubernetes", "ssh", "modal", "sagemaker"):
 """
     done = zenml_cli(tmp_path, "-c", script)
     out = done.stdout
+    assert ("experiment_tracker kubernetes_mlflow: tracking_username refers to the ZenML secret {{mlflow.username}}, "
+            "which this store lacks; create it first: `zenml secret create mlflow --username=...`") in done.stderr
+    assert int(out.split("COMPONENTS ADDED WITHOUT SECRETS ", 1)[1].split()[0]) == 0
     for name in NAMES:
         assert f"registered stack {name}_stack" in out
     stacks = json.loads(out.split("STACKS ", 1)[1].splitlines()[0])

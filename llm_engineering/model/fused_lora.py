@@ -28,18 +28,14 @@ logger = logging.getLogger(__name__)
 
 def dense_weight(base: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """The base layer's frozen weight [out, in] in `dtype` (dequantized from 4-bit where it is stored so)."""
-    weight = base.weight
-    quant_state = getattr(weight, "quant_state", None)
-    if quant_state is not None:
-        import bitsandbytes.functional as bnb_functional
+    if getattr(base.weight, "quant_state", None) is None:
+        return base.weight.to(dtype)
+    import bitsandbytes.functional as bnb_functional
 
-        from llm_engineering.model.bnb_cpu import unpack
+    from llm_engineering.model.bnb_cpu import unpack
 
-        unpack(base)  # an eval pass may have repacked it for CPU inference; dequantize reads the plain layout
-        weight = base.weight
-
-        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state).to(dtype)
-    return weight.to(dtype)
+    unpack(base)  # an eval pass may have repacked it for CPU inference; dequantize reads the plain layout
+    return bnb_functional.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
 
 
 class _FusedLoraLinear(torch.autograd.Function):
@@ -118,7 +114,7 @@ def fused_lora(model: torch.nn.Module) -> Iterator[int]:
     from peft.tuners.lora import LoraLayer
 
     changed, skipped = [], {}
-    for name, module in model.named_modules():
+    for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
         reason = fusable(module)

@@ -142,11 +142,38 @@ def register(name: str, recipe: dict, container_registry: str) -> str:
 
     client = Client()
     parts = components(name, recipe, container_registry)
+    check_registrable(client, name, parts)
     for kind, component, flavor, config in parts:
         client.create_stack_component(component, flavor, StackComponentType(kind), config)
     stack = {StackComponentType(kind): component for kind, component, _, _ in parts}
     stack[StackComponentType.ORCHESTRATOR] = "default"
     return client.create_stack(f"{name}_stack", components=stack).name
+
+
+def check_registrable(client, name: str, parts: list[tuple[str, str, str, dict]]) -> None:
+    """Refuse before registering anything: a secret or key the configs reference that the store lacks (ZenML would
+    fail half-way with the first components already registered), or a name already taken by an earlier run."""
+    from zenml.enums import StackComponentType
+    from zenml.utils import secret_utils
+
+    for kind, component, _, config in parts:
+        if client.list_stack_components(type=StackComponentType(kind), name=component).items:
+            raise ValueError(f"a {kind} named {component!r} is already registered: delete it (`zenml "
+                             f"{kind.replace('_', '-')} delete {component}`) or register the recipe once")
+        for key, value in config.items():
+            if not secret_utils.is_secret_reference(value):
+                continue
+            reference = secret_utils.parse_secret_reference(value)
+            try:
+                values = client.get_secret(reference.name).secret_values
+            except KeyError:
+                values = None
+            if values is None or reference.key not in values:
+                raise ValueError(f"{kind} {component}: {key} refers to the ZenML secret {value}, which this store "
+                                 f"lacks; create it first: `zenml secret create {reference.name} "
+                                 f"--{reference.key}=...`")
+    if client.list_stacks(name=f"{name}_stack").items:
+        raise ValueError(f"a stack named {name}_stack is already registered")
 
 
 def run_config_overlay(name: str, recipe: dict) -> dict:
@@ -180,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overlay = run_config_overlay(args.recipe, recipe)
     if args.register:
-        stack = register(args.recipe, recipe, args.container_registry)
+        try:
+            stack = register(args.recipe, recipe, args.container_registry)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"registered stack {stack}; activate it with `zenml stack set {stack}`")
         if recipe.get("connector"):
             print("# connect it to your cloud account:\n" + "\n".join(
