@@ -48,7 +48,8 @@ class _FusedLoraLinear(torch.autograd.Function):
             flat_lora = flat if x_lora is None else x_lora.reshape(-1, x.shape[-1]).to(dtype)
             a, b = lora_a.to(dtype), lora_b.to(dtype)
             down = flat_lora @ a.t()  # [tokens, r]
-            out = torch.addmm(flat @ dense_weight(base, dtype).t(), down, b.t(), alpha=scale)
+            # in place: an out-of-place addmm would first copy the base product into a new tensor
+            out = (flat @ dense_weight(base, dtype).t()).addmm_(down, b.t(), alpha=scale)
             if base.bias is not None:
                 out = out + base.bias.to(dtype)
         ctx.save_for_backward(flat_lora, down, a, b)
@@ -71,8 +72,7 @@ class _FusedLoraLinear(torch.autograd.Function):
                     grad_x = through_base.view(ctx.input_shape).to(ctx.input_dtype)
                     grad_x_lora = (g_b @ a).mul_(ctx.scale).view(ctx.input_shape).to(ctx.input_dtype)
                 else:
-                    grad_x = torch.addmm(through_base, g_b, a, alpha=ctx.scale)
-                    grad_x = grad_x.view(ctx.input_shape).to(ctx.input_dtype)
+                    grad_x = through_base.addmm_(g_b, a, alpha=ctx.scale).view(ctx.input_shape).to(ctx.input_dtype)
         return grad_x, grad_x_lora, grad_a, grad_b, None, None, None
 
 
