@@ -43,6 +43,7 @@ LEVERS = {
     "ours: no quantization (bf16 weights)": {"model": {"quantization": {"method": "none"}}},
     "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
     "ours: bf16 adapter weights (TRL's QLoRA cast)": {"train": {"adapter_dtype": "bfloat16"}},
+    "ours: regional torch.compile": {"train": {"compile": True}},
 }
 PROFILED_STEPS = 2
 GPU_LEVERS = {
@@ -50,6 +51,7 @@ GPU_LEVERS = {
     "ours: gradient checkpointing": {"adapter": {"gradient_checkpointing": True}},
     "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
     "ours: bf16 adapter weights (TRL's QLoRA cast)": {"train": {"adapter_dtype": "bfloat16"}},
+    "ours: regional torch.compile": {"train": {"compile": True}},
 }
 
 
@@ -99,7 +101,8 @@ def random_model_dir(shape: str, root: Path, tokenizer_dir: Path) -> Path:
 
 
 class Timer:
-    """Times optimizer steps after `warmup` up to `last` and counts the non-padding tokens they trained on."""
+    """Times optimizer steps after `warmup` up to `last` and counts the non-padding tokens they trained on; also
+    times the first step, which carries one-off costs (torch.compile's compilation) that the timed steps do not."""
 
     def __init__(self, warmup: int, last: int):
         from transformers import TrainerCallback
@@ -107,7 +110,12 @@ class Timer:
         timer = self
 
         class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                timer.begin = time.perf_counter()
+
             def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 1:
+                    timer.first_step = time.perf_counter() - timer.begin
                 if state.global_step == warmup:
                     timer.start, timer.tokens0 = time.perf_counter(), state.num_input_tokens_seen
                 if state.global_step <= last:
@@ -119,6 +127,7 @@ class Timer:
     def result(self, warmup: int, losses: list[float]) -> dict:
         seconds, tokens, steps = self.end - self.start, self.tokens1 - self.tokens0, self.steps - warmup
         return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / steps, "timed_steps": steps,
+                "first_step_s": self.first_step,
                 "final_loss": sum(losses[-3:]) / len(losses[-3:])}
 
 
@@ -315,12 +324,12 @@ def report(args, peaks: dict, results: dict) -> None:
     print(f"\nSFT speed, {args.profile} profile ({platform.processor() or platform.machine()}, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'{os.cpu_count()} CPUs'}); "
           f"measured matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
-    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'peak GiB':>9}{'MFU bf16':>9}{'MFU fp32':>9}"
-              f"{'train loss':>11}{'held-out':>9}")
+    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'1st step':>9}{'peak GiB':>9}{'MFU bf16':>9}"
+              f"{'MFU fp32':>9}{'train loss':>11}{'held-out':>9}")
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
-              f"{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
+              f"{r.get('first_step_s', float('nan')):>9.1f}{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
               f"{r['heldout_loss']:>9.4f}")
     print(f"\nwritten: {write_json(args, peaks, results)}")
 

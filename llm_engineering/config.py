@@ -157,8 +157,12 @@ class TrainConfig(_Section):
     # head (least memory for large vocabularies on GPU). auto: the first on CPU, the second on CUDA.
     lm_head_loss: Literal["auto", "trained_positions", "trl_fused"] = "auto"
     # One autograd node per LoRA linear (base matmul + low-rank update, backward written out) instead of PEFT's
-    # chain of modules; same gradients. Layers it cannot take (DoRA, dropout > 0) keep PEFT's forward.
+    # chain of modules; same gradients. Layers it cannot take (DoRA, several active adapters) keep PEFT's forward.
     fused_lora: bool = True
+    # torch.compile of each decoder layer while training (regional compilation: one graph serves every layer).
+    # Steady-state steps get faster, but the first step pays the compilation (tens of seconds on a 2-core CPU), so
+    # it pays only for long runs (docs/performance.md has the break-even).
+    compile: bool = False
     # TRL casts a quantized model's LoRA weights to bf16 (the QLoRA paper's choice), so AdamW then updates bf16
     # weights and drops every update below bf16's resolution (2^-8 relative) as the learning rate decays. float32
     # keeps them (and their optimizer state) in fp32, as PEFT does for unquantized models; they are cast per matmul.

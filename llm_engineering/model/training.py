@@ -167,10 +167,11 @@ def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
 @contextlib.contextmanager
 def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
     """What the model runs under while it trains: 4-bit weights kept in their trainable layout through mid-training
-    evaluations (bnb_cpu.py), the block-diagonal mask for packed rows (unless flash attention keeps them apart) and
-    the fused LoRA linears (`train.fused_lora`)."""
+    evaluations (bnb_cpu.py), the block-diagonal mask for packed rows (unless flash attention keeps them apart), the
+    fused LoRA linears (`train.fused_lora`) and the compiled decoder layers (`train.compile`)."""
     from llm_engineering.model.bnb_cpu import trainable_4bit_layout
     from llm_engineering.model.fused_lora import fused_lora
+    from llm_engineering.model.regional_compile import compiled_decoder_layers
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(trainable_4bit_layout(model))
@@ -178,6 +179,8 @@ def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
             stack.enter_context(block_diagonal_attention(model))
         if cfg.fused_lora:
             stack.enter_context(fused_lora(model))
+        if cfg.compile:
+            stack.enter_context(compiled_decoder_layers(model))
         yield
 
 
