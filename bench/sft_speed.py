@@ -2,6 +2,7 @@
 
     python bench/sft_speed.py                       # CPU profile: embedded SmolLM2-135M, configs/default.yaml
     python bench/sft_speed.py --levers              # ... plus one run per lever (ours with one setting changed)
+    python bench/sft_speed.py --seeds 3             # each variant with 3 training seeds: held-out loss mean ± sd
     python bench/sft_speed.py --profile gpu         # random-init Llama-3-8B shape, QLoRA NF4, packed to 2048
     python bench/sft_speed.py --profile gpu --shape tiny   # the GPU profile's code path on a 2-layer model (CPU ok)
 
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,8 +57,9 @@ GPU_LEVERS = {
 }
 
 
-def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch: int = 2):
-    """The RunConfig both paths share, from configs/default.yaml (CPU) or the GPU profile's settings."""
+def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch: int = 2, seed: int = 42):
+    """The RunConfig both paths share, from configs/default.yaml (CPU) or the GPU profile's settings. `seed` sets the
+    adapter's initialisation and the order of the rows (the rows themselves stay the same)."""
     from llm_engineering.config import load_run_config, load_run_config_file
 
     if profile == "cpu":
@@ -67,6 +70,7 @@ def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch
                 "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
                 "train": {"max_length": 2048, "packing": True, "per_device_batch_size": batch, "learning_rate": 2e-4},
                 "data": {"num_rows": 4000 if shape == "8b" else 800, "eval_rows": 8}}
+    tree["train"]["seed"] = tree["adapter"]["seed"] = seed
     for section, values in overrides.items():
         for key, value in values.items():
             if isinstance(value, dict):
@@ -139,7 +143,7 @@ def child(variant: str, args) -> dict:
 
     overrides = (GPU_LEVERS if args.profile == "gpu" else LEVERS).get(variant, {})
     model_dir = Path(args.model_dir) if args.model_dir else None
-    cfg = run_config(args.profile, args.shape, model_dir, overrides, args.batch)
+    cfg = run_config(args.profile, args.shape, model_dir, overrides, args.batch, args.seed)
     steps = args.warmup + args.steps + (PROFILED_STEPS + 1 if args.torch_profile else 0)  # profiled ones: untimed
     train_cfg = cfg.train.model_copy(update={"max_steps": steps, "logging_steps": 1, "eval_steps": 10**6,
                                              "checkpoint_steps": None})
@@ -233,7 +237,7 @@ def trl_defaults_trainer(cfg, train_cfg, data, output_dir, callback):
     batch, learning rate and its schedule) is the same as ours."""
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
     from trl import SFTConfig, SFTTrainer
 
     from llm_engineering.model.loading import checkpoint_location
@@ -252,10 +256,11 @@ def trl_defaults_trainer(cfg, train_cfg, data, output_dir, callback):
                      learning_rate=train_cfg.learning_rate, lr_scheduler_type=train_cfg.lr_scheduler,
                      warmup_steps=train_cfg.warmup_ratio, max_length=train_cfg.max_length, logging_steps=1,
                      use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy="no", disable_tqdm=True,
-                     include_num_input_tokens_seen="non_padding")
+                     include_num_input_tokens_seen="non_padding", seed=train_cfg.seed)
     adapter = LoraConfig(r=cfg.adapter.r, lora_alpha=cfg.adapter.alpha, lora_dropout=cfg.adapter.dropout,
                          target_modules=cfg.adapter.target_modules, task_type="CAUSAL_LM")
     trainer_class = type("PlainSFTTrainer", (SFTTrainer, PlainTRL), {})
+    set_seed(train_cfg.seed)  # TRL initialises the LoRA weights before the Trainer seeds anything
     return trainer_class(model=model, args=args, train_dataset=dataset, peft_config=adapter,
                          processing_class=AutoTokenizer.from_pretrained(location), callbacks=[callback])
 
@@ -275,6 +280,8 @@ def main() -> None:
     parser.add_argument("--levers", action="store_true", help="also run every lever")
     parser.add_argument("--lever", action="append", default=[], help="also run this lever (repeatable)")
     parser.add_argument("--batch", type=int, default=2, help="GPU profile: packed 2048-token sequences per step")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant, training seeds 42, 43, ...")
+    parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)  # one child's training seed
     parser.add_argument("--out")
     parser.add_argument("--torch-profile", action="store_true", help="also write each variant's top operators")
     parser.add_argument("--child")
@@ -303,20 +310,35 @@ def main() -> None:
             extra = ["--model-dir", str(random_model_dir(args.shape, Path(scratch), tokenizer_dir))]
         results = {}
         for variant in variants:
-            command = [sys.executable, __file__, "--child", variant, "--profile", args.profile, "--shape", args.shape,
-                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), *extra,
-                       *(["--torch-profile"] if args.torch_profile else []), *(["--out", args.out] if args.out else [])]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
-            results[variant] = json.loads(line[len("RESULT "):])
+            runs = []
+            for seed in range(42, 42 + args.seeds):
+                command = [sys.executable, __file__, "--child", variant, "--profile", args.profile, "--shape",
+                           args.shape, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
+                           str(args.batch), "--seed", str(seed), *extra,
+                           *(["--torch-profile"] if args.torch_profile else []),
+                           *(["--out", args.out] if args.out else [])]
+                done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    raise SystemExit(f"{variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+                runs.append({"seed": seed, **json.loads(line[len("RESULT "):])})
+            results[variant] = summary(runs)
             results[variant]["mfu_bf16"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["bf16"]
             results[variant]["mfu_fp32"] = results[variant]["model_tflop_per_s"] * 1e3 / peaks["fp32"]
             print(f"  {variant}: {results[variant]['tokens_per_s']:.0f} tokens/s, "
                   f"{results[variant]['peak_memory_gib']:.1f} GiB", file=sys.stderr, flush=True)
             write_json(args, peaks, results)  # so far: a run cut short keeps what it measured
     report(args, peaks, results)
+
+
+def summary(runs: list[dict]) -> dict:
+    """One variant over its seeds: the mean of each measurement, the held-out loss's spread, and every run."""
+    if len(runs) == 1:
+        return runs[0]
+    means = {key: statistics.fmean(run[key] for run in runs) for key, value in runs[0].items()
+             if isinstance(value, (int, float)) and key != "seed"}
+    means["peak_memory_gib"] = max(run["peak_memory_gib"] for run in runs)
+    return {**means, "heldout_loss_sd": statistics.stdev(run["heldout_loss"] for run in runs), "runs": runs}
 
 
 def report(args, peaks: dict, results: dict) -> None:
@@ -330,7 +352,7 @@ def report(args, peaks: dict, results: dict) -> None:
     for name, r in results.items():
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
               f"{r.get('first_step_s', float('nan')):>9.1f}{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
-              f"{r['heldout_loss']:>9.4f}")
+              f"{r['heldout_loss']:>9.4f}" + (f" ± {r['heldout_loss_sd']:.4f}" if "heldout_loss_sd" in r else ""))
     print(f"\nwritten: {write_json(args, peaks, results)}")
 
 
@@ -339,7 +361,7 @@ def write_json(args, peaks: dict, results: dict) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     out.write_text(json.dumps({"profile": args.profile, "shape": args.shape, "steps": args.steps, "device": device,
-                               "batch": args.batch,
+                               "batch": args.batch, "seeds": args.seeds,
                                "warmup": args.warmup, "peaks_gflops": peaks, "results": results}, indent=2))
     return out
 

@@ -47,9 +47,8 @@ def test_a_model_without_a_layer_list_is_refused_by_name():
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     model.config = type("Config", (), {"num_hidden_layers": 2})()
-    with pytest.raises(ValueError, match="Sequential: no list of 2 decoder layers"):
-        with compiled_decoder_layers(model):
-            pass
+    with pytest.raises(ValueError, match="Sequential: no list of 2 decoder layers"), compiled_decoder_layers(model):
+        pass
 
 
 def test_without_a_cpu_compiler_training_runs_eagerly_with_a_warning(tiny_model_dir, monkeypatch, caplog):

@@ -47,7 +47,7 @@ def missing_code_generator(device: torch.device) -> Optional[str]:
 
     try:
         get_cpp_compiler()
-    except Exception:  # inductor's InvalidCxxCompiler, or a broken toolchain
+    except (RuntimeError, OSError):  # inductor's InvalidCxxCompiler (a RuntimeError), or a broken toolchain
         return "a C++ compiler (g++ or clang; CXX names another)"
     return None
 
