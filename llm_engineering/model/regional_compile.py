@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The repeated blocks of a transformers decoder (wrapped by PEFT or not)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    count = getattr(base.config, "num_hidden_layers", None)
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    count = getattr(config, "num_hidden_layers", None)  # a multimodal model's decoder: its text config's
     for module in base.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
