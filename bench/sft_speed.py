@@ -354,7 +354,8 @@ def report(args, peaks: dict, results: dict) -> None:
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
-              f"{r.get('first_step_s', float('nan')):>9.1f}{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}{r['final_loss']:>11.4f}"
+              f"{r['first_step_s']:>9.1f}{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}"
+              f"{r['final_loss']:>11.4f}"
               f"{r['heldout_loss']:>9.4f}" + (f" ± {r['heldout_loss_sd']:.4f}" if "heldout_loss_sd" in r else ""))
     print(f"\nwritten: {write_json(args, peaks, results)}")
 
