@@ -82,7 +82,8 @@ class ModelConfig(_Section):
     name_or_path: Optional[str] = Field(None, description="local checkpoint dir (local) or hub model id (hub)")
     revision: Optional[str] = None
     dtype: Dtype = Field("bfloat16", description="dtype of the unquantized weights")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # flex_attention (CUDA) and flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
     trust_remote_code: bool = False
     # "tokenizer" (its own), a built-in (chatml, llama-3, mistral, alpaca) or a Jinja file; the export ships it
     chat_template: str = "tokenizer"

@@ -157,3 +157,52 @@ def test_the_fast_renderer_matches_apply_chat_template(tiny_model_dir, name):
         for generation_prompt in (False, True):
             assert render(messages[:end], generation_prompt) == tokenizer.apply_chat_template(
                 messages[:end], tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def test_flex_attention_packing_flattens_a_batch_to_one_fixed_length_sequence_of_independent_rows(
+        tiny_model_dir, tokenizer):
+    """The varlen path for flex attention (CUDA training): TRL's padding-free batch, padded to one length so the
+    kernel compiles once, and transformers' document mask from the restarting position ids. Checked here with
+    forwards only: PyTorch's flex attention has no CPU backward."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import prepared
+    from llm_engineering.config import DataConfig, TrainConfig
+    from llm_engineering.model.training import packed_collator
+
+    cfg = TrainConfig(packing=True, max_length=256, per_device_batch_size=2)
+    collator = packed_collator(tokenizer, cfg, ModelConfig(attn_implementation="flex_attention"))
+    rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
+    sequences = [{"input_ids": sum((r["input_ids"] for r in pair), []), "labels": sum((r["labels"] for r in pair), []),
+                  "seq_lengths": [len(r["input_ids"]) for r in pair]} for pair in (rows[:2], rows[2:])]
+    batch = collator(sequences)
+    total = sum(len(r["input_ids"]) for r in rows)
+    assert batch["input_ids"].shape == (1, 512) and set(batch) == {"input_ids", "labels", "position_ids"}
+    assert (batch["labels"][0, total:] == IGNORE).all()  # the pads train nothing
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                                 attn_implementation="flex_attention").eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for row in rows:
+            n = len(row["input_ids"])
+            alone = model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0]
+            assert torch.allclose(packed[start:start + n], alone, atol=1e-4)
+            start += n
+        # the check has teeth: one causal sequence (no document mask) changes every row after the first
+        causal = model(input_ids=batch["input_ids"], use_cache=False).logits[0]
+    first = len(rows[0]["input_ids"])
+    assert (causal[first:total] - packed[first:total]).abs().max() > 1e-3
+
+
+def test_flex_attention_training_without_cuda_is_refused_before_loading(tiny_model_dir, tmp_path):
+    from llm_engineering.config import AdapterConfig, TrainConfig
+    from llm_engineering.model.loading import load_base
+    from llm_engineering.model.training import train_adapter
+
+    cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), attn_implementation="flex_attention")
+    with pytest.raises(ModelLoadError, match="flex_attention trains only on CUDA"):
+        load_base(cfg)
+    with pytest.raises(ModelLoadError, match="flex_attention trains only on CUDA"):
+        train_adapter(cfg, AdapterConfig(), TrainConfig(), tmp_path / "no-adapter", [], [], tmp_path / "out")

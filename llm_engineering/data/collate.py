@@ -5,7 +5,9 @@ position ids at each row. With sdpa or eager attention that alone still lets a r
 it (measured here: logits differ by up to 9 on SmolLM2). `block_diagonal_attention` therefore turns the 2-D padding
 mask into a [batch, 1, L, L] block-diagonal causal mask right before the model's forward, wherever a sequence holds
 more than one row. The batch keeps its 2-D mask until then, so token counts (tokens/s, TRL's num_tokens) stay right.
-flash_attention_2 (CUDA) gets TRL's padding-free varlen batch instead, which is exact and needs no L x L mask.
+flash_attention_2 and flex_attention (CUDA) get TRL's padding-free varlen batch instead (one flattened sequence),
+which is exact and needs no L x L mask: flash attention reads the row boundaries from TRL's cu_seq_lens, flex
+attention's block-sparse document mask is built by transformers from the restarting position ids.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 @dataclass
 class PackedCollator(DataCollatorForLanguageModeling):
-    """TRL's collator, with positions restarting per packed row and no label across a row boundary."""
+    """TRL's collator, with positions restarting per packed row and no label across a row boundary.
+    `positions_only`: drop the flash-attention boundaries of a padding-free batch (flex attention does not read them,
+    and as inputs of a compiled layer their changing sizes would only add guards)."""
+
+    positions_only: bool = False
 
     def __post_init__(self):
         self.return_position_ids = not self.padding_free  # padding-free returns position ids anyway
@@ -29,6 +35,9 @@ class PackedCollator(DataCollatorForLanguageModeling):
         batch = super().torch_call(examples)
         # a row's first token must not be predicted from the end of the row packed before it
         batch["labels"][batch["position_ids"] == 0] = -100
+        if self.positions_only:
+            for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
+                batch.pop(key, None)
         return batch
 
 

@@ -94,6 +94,14 @@ def check_quantization_backend(cfg: ModelConfig) -> None:
         raise ModelLoadError(f"model.quantization.method={cfg.quantization.method} needs bitsandbytes: {exc}") from None
 
 
+def check_attention_backend(cfg: ModelConfig) -> None:
+    """Refuse, before any weights load, an attention implementation that cannot train on this machine (the base
+    load and training check it; merging and evaluation only run forwards, which flex attention can do on CPU)."""
+    if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise ModelLoadError("model.attn_implementation=flex_attention trains only on CUDA (PyTorch's flex attention "
+                             "has no backward on CPU); use sdpa or eager here")
+
+
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
@@ -155,6 +163,7 @@ def weights_sha256(location: str) -> Optional[str]:
 
 def load_base(cfg: ModelConfig):
     """Load as configured and describe it: returns (model, tokenizer, BaseModelRef)."""
+    check_attention_backend(cfg)
     start = time.perf_counter()
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg)

@@ -25,7 +25,7 @@ from llm_engineering.data.collate import PackedCollator, block_diagonal_attentio
 from llm_engineering.data.stats import padding_fraction
 from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
-from llm_engineering.model.loading import load_model, load_tokenizer
+from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
         train_dataset=train,
         eval_dataset=token_dataset(eval_rows),
         processing_class=tokenizer,
-        data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg)),
+        data_collator=packed_collator(tokenizer, cfg, model_cfg),
         callbacks=callbacks,
     )
     if cfg.adapter_dtype == "float32":  # undo TRL's bf16 cast of a quantized model's adapter (before the optimizer)
@@ -160,8 +160,19 @@ def trained_positions_loss(cfg: TrainConfig) -> bool:
 
 
 def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
-    """Packed rows kept apart by flash attention's variable-length kernels (CUDA) instead of an L x L mask."""
-    return cfg.packing and model_cfg.attn_implementation == "flash_attention_2"
+    """Packed rows kept apart by the attention kernel itself (flash attention's variable-length kernels, or flex
+    attention's block-sparse document mask, both CUDA), instead of an L x L mask that computes every masked score."""
+    return cfg.packing and model_cfg.attn_implementation in ("flash_attention_2", "flex_attention")
+
+
+def packed_collator(tokenizer, cfg: TrainConfig, model_cfg: ModelConfig) -> PackedCollator:
+    """Varlen packing flattens a batch into one sequence. Flex attention's kernel is compiled for one length, so its
+    batches are padded to the longest possible (pads are rows of one token, untrained): a fixed shape compiles once
+    instead of recompiling for every new total length until torch.compile gives up and runs it unfused."""
+    flex = cfg.packing and model_cfg.attn_implementation == "flex_attention"
+    return PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg),
+                          pad_to_multiple_of=cfg.max_length * cfg.per_device_batch_size if flex else None,
+                          positions_only=flex)
 
 
 @contextlib.contextmanager
@@ -202,6 +213,7 @@ def train_adapter(
     from peft import PeftModel
 
     mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
+    check_attention_backend(model_cfg)
     tokenizer = load_tokenizer(model_cfg)
     if reinitialises_base(adapter_cfg):  # PiSSA: rebuild residual base + adapter here, check it is the same init
         model, _ = inject_adapter(load_model(model_cfg), adapter_cfg)
