@@ -138,7 +138,8 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
             dtype=torch_dtype,
             quantization_config=quantization,
             device_map=device_map,
-            attn_implementation=cfg.attn_implementation,
+            # flex attention is switched on for training only (training.flex_attention_while_training)
+            attn_implementation="sdpa" if cfg.attn_implementation == "flex_attention" else cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=None if cfg.allow_pickle_weights else True,
         )

@@ -166,13 +166,13 @@ def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
 
 
 def packed_collator(tokenizer, cfg: TrainConfig, model_cfg: ModelConfig) -> PackedCollator:
-    """Varlen packing flattens a batch into one sequence. Flex attention's kernel is compiled for one length, so its
-    batches are padded to the longest possible (pads are rows of one token, untrained): a fixed shape compiles once
-    instead of recompiling for every new total length until torch.compile gives up and runs it unfused."""
-    flex = cfg.packing and model_cfg.attn_implementation == "flex_attention"
+    """Varlen packing flattens a batch into one sequence. Flex attention's kernel is compiled for one shape, so its
+    batches are padded to the longest possible (packed: pads are rows of one token, untrained): a fixed shape compiles
+    once instead of recompiling for every new length until torch.compile gives up and runs it unfused."""
+    flex = model_cfg.attn_implementation == "flex_attention"
+    fixed = cfg.max_length * (cfg.per_device_batch_size if cfg.packing else 1)
     return PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg),
-                          pad_to_multiple_of=cfg.max_length * cfg.per_device_batch_size if flex else None,
-                          positions_only=flex)
+                          pad_to_multiple_of=fixed if flex else None, positions_only=flex and cfg.packing)
 
 
 @contextlib.contextmanager
@@ -190,9 +190,26 @@ def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
             stack.enter_context(block_diagonal_attention(model))
         if cfg.fused_lora:
             stack.enter_context(fused_lora(model))
+        if model_cfg.attn_implementation == "flex_attention":
+            stack.enter_context(flex_attention_while_training(model))
         if cfg.compile:
-            stack.enter_context(compiled_decoder_layers(model))
+            fixed_length = model_cfg.attn_implementation == "flex_attention"  # packed_collator
+            stack.enter_context(compiled_decoder_layers(model, fixed_length=fixed_length))
         yield
+
+
+@contextlib.contextmanager
+def flex_attention_while_training(model):
+    """Flex attention for the training forwards only. Its kernel is compiled per shape, which suits training's
+    fixed-length batches; every other forward (evaluation, generation, merge checks: rows of any length) runs the
+    sdpa the model was loaded with (loading.py) instead of compiling again for each new length."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    loaded = base.config._attn_implementation
+    base.set_attn_implementation("flex_attention")
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(loaded)
 
 
 def train_adapter(
