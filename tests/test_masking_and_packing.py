@@ -206,3 +206,34 @@ def test_flex_attention_training_without_cuda_is_refused_before_loading(tiny_mod
         load_base(cfg)
     with pytest.raises(ModelLoadError, match="flex_attention trains only on CUDA"):
         train_adapter(cfg, AdapterConfig(), TrainConfig(), tmp_path / "no-adapter", [], [], tmp_path / "out")
+
+
+def test_flex_attention_is_on_for_training_forwards_only(tiny_model_dir):
+    from llm_engineering.model.loading import load_model
+    from llm_engineering.model.training import flex_attention_while_training
+
+    model = load_model(ModelConfig(source="local", name_or_path=str(tiny_model_dir),
+                                   attn_implementation="flex_attention"), quantize=False)
+    assert model.config._attn_implementation == "sdpa"  # as loaded for evaluation, generation and merging
+    seen = []
+
+    class Recorded(Exception):  # stops a training forward before flex's CPU kernel, which has no backward
+        pass
+
+    def record(module, _args):
+        seen.append(module.config._attn_implementation)
+        if torch.is_grad_enabled():
+            raise Recorded
+
+    model.model.layers[0].self_attn.register_forward_pre_hook(record)
+    ids = torch.tensor([[1, 2, 3]])
+    with flex_attention_while_training(model):
+        model.train()
+        with pytest.raises(Recorded):
+            model(input_ids=ids, use_cache=False)
+        with torch.no_grad():  # a mid-training evaluation
+            model(input_ids=ids, use_cache=False)
+            model.eval()
+            model(input_ids=ids, use_cache=False)
+    assert seen == ["flex_attention", "sdpa", "sdpa"]
+    assert model.config._attn_implementation == "sdpa"

@@ -96,7 +96,7 @@ def check_quantization_backend(cfg: ModelConfig) -> None:
 
 def check_attention_backend(cfg: ModelConfig) -> None:
     """Refuse, before any weights load, an attention implementation that cannot train on this machine (the base
-    load and training check it; merging and evaluation only run forwards, which flex attention can do on CPU)."""
+    load and training check it; merging and evaluation load sdpa in its place)."""
     if cfg.attn_implementation == "flex_attention" and not torch.cuda.is_available():
         raise ModelLoadError("model.attn_implementation=flex_attention trains only on CUDA (PyTorch's flex attention "
                              "has no backward on CPU); use sdpa or eager here")

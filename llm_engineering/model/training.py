@@ -201,14 +201,23 @@ def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
 @contextlib.contextmanager
 def flex_attention_while_training(model):
     """Flex attention for the training forwards only. Its kernel is compiled per shape, which suits training's
-    fixed-length batches; every other forward (evaluation, generation, merge checks: rows of any length) runs the
-    sdpa the model was loaded with (loading.py) instead of compiling again for each new length."""
+    fixed-length batches; every other forward (mid-training evaluations here, and outside: generation, merge checks,
+    rows of any length) runs the sdpa the model was loaded with (loading.py), instead of compiling again per shape
+    or, where compilation is off for evaluations (regional_compile.py), running flex unfused with full score
+    matrices."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     loaded = base.config._attn_implementation
-    base.set_attn_implementation("flex_attention")
+    base.set_attn_implementation("flex_attention")  # transformers checks that this torch has it
+
+    def pick(module, _args):
+        training = module.training and torch.is_grad_enabled()
+        base.config._attn_implementation = "flex_attention" if training else loaded  # the layers read it per call
+
+    handle = model.register_forward_pre_hook(pick)
     try:
         yield
     finally:
+        handle.remove()
         base.set_attn_implementation(loaded)
 
 
