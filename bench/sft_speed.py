@@ -342,6 +342,8 @@ def main() -> None:
                   f"{results[variant]['peak_memory_gib']:.1f} GiB", file=sys.stderr, flush=True)
             write_json(args, peaks, results, failed)  # so far: a run cut short keeps what it measured
     report(args, peaks, results, failed)
+    if failed:  # the table and JSON keep what did run; the exit status still says that something did not
+        raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 def summary(runs: list[dict]) -> dict:

@@ -169,10 +169,15 @@ def packed_collator(tokenizer, cfg: TrainConfig, model_cfg: ModelConfig) -> Pack
     """Varlen packing flattens a batch into one sequence. Flex attention's kernel is compiled for one shape, so its
     batches are padded to the longest possible (packed: pads are rows of one token, untrained): a fixed shape compiles
     once instead of recompiling for every new length until torch.compile gives up and runs it unfused."""
-    flex = model_cfg.attn_implementation == "flex_attention"
+    flex = fixed_length_batches(model_cfg)
     fixed = cfg.max_length * (cfg.per_device_batch_size if cfg.packing else 1)
     return PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg),
                           pad_to_multiple_of=fixed if flex else None, positions_only=flex and cfg.packing)
+
+
+def fixed_length_batches(model_cfg: ModelConfig) -> bool:
+    """Flex attention's kernel compiles per shape: its batches all have one length (packed_collator)."""
+    return model_cfg.attn_implementation == "flex_attention"
 
 
 @contextlib.contextmanager
@@ -193,8 +198,7 @@ def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
         if model_cfg.attn_implementation == "flex_attention":
             stack.enter_context(flex_attention_while_training(model))
         if cfg.compile:
-            fixed_length = model_cfg.attn_implementation == "flex_attention"  # packed_collator
-            stack.enter_context(compiled_decoder_layers(model, fixed_length=fixed_length))
+            stack.enter_context(compiled_decoder_layers(model, fixed_length=fixed_length_batches(model_cfg)))
         yield
 
 
