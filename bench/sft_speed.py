@@ -146,12 +146,13 @@ class Timer:
 def child(variant: str, args) -> dict:
     """Train one variant in this process and return its measurements."""
     from llm_engineering.data.prepare import prepare
-    from llm_engineering.model.loading import load_model, load_tokenizer
+    from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
     from llm_engineering.model.throughput import model_tflops, parameter_count
 
     overrides = (GPU_LEVERS if args.profile == "gpu" else LEVERS).get(variant, {})
     model_dir = Path(args.model_dir) if args.model_dir else None
     cfg = run_config(args.profile, args.shape, model_dir, overrides, args.batch, args.seed)
+    check_attention_backend(cfg.model)  # as the pipeline does, before any weights load
     steps = args.warmup + args.steps + (PROFILED_STEPS + 1 if args.torch_profile else 0)  # profiled ones: untimed
     train_cfg = cfg.train.model_copy(update={"max_steps": steps, "logging_steps": 1, "eval_steps": 10**6,
                                              "checkpoint_steps": None})
