@@ -57,6 +57,10 @@ GPU_LEVERS = {
     "ours: flex attention (varlen packing)": {"model": {"attn_implementation": "flex_attention"}},
     "ours: flex attention + regional torch.compile": {"model": {"attn_implementation": "flex_attention"},
                                                       "train": {"compile": True}},
+    # where memory allows (an 80 GB GPU), no recompute: checkpointing only where memory needs it
+    "ours: flex attention + regional torch.compile, no gradient checkpointing": {
+        "model": {"attn_implementation": "flex_attention"}, "train": {"compile": True},
+        "adapter": {"gradient_checkpointing": False}},
     "ours: PEFT's LoRA forward (no fused LoRA)": {"train": {"fused_lora": False}},
     "ours: bf16 adapter weights (TRL's QLoRA cast)": {"train": {"adapter_dtype": "bfloat16"}},
     "ours: regional torch.compile": {"train": {"compile": True}},
@@ -128,6 +132,9 @@ class Timer:
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step == 1:
                     timer.first_step = time.perf_counter() - timer.begin
+                    if torch.cuda.is_available():  # compilation's one-off memory, apart from the steps' own
+                        timer.first_step_peak = torch.cuda.max_memory_allocated() / 2**30
+                        torch.cuda.reset_peak_memory_stats()
                 if state.global_step == warmup:
                     timer.start, timer.tokens0 = time.perf_counter(), state.num_input_tokens_seen
                 if state.global_step <= last:
@@ -139,7 +146,7 @@ class Timer:
     def result(self, warmup: int, losses: list[float]) -> dict:
         seconds, tokens, steps = self.end - self.start, self.tokens1 - self.tokens0, self.steps - warmup
         return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / steps, "timed_steps": steps,
-                "first_step_s": self.first_step,
+                "first_step_s": self.first_step, "first_step_peak_gib": getattr(self, "first_step_peak", None),
                 "final_loss": sum(losses[-3:]) / len(losses[-3:])}
 
 
@@ -181,8 +188,11 @@ def child(variant: str, args) -> dict:
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     result = timer.result(args.warmup, losses)
     result["heldout_loss"] = heldout
-    result["peak_memory_gib"] = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
+    if torch.cuda.is_available():  # the steps after the first, and over the whole run
+        result["steady_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_memory_gib"] = max(result["steady_peak_gib"], result["first_step_peak_gib"])
+    else:
+        result["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     result["params"] = n_params
     result["model_tflop_per_s"] = model_tflops(result["tokens_per_s"], n_params)
     return result
@@ -362,17 +372,27 @@ def report(args, peaks: dict, results: dict, failed: dict) -> None:
     print(f"\nSFT speed, {args.profile} profile ({platform.processor() or platform.machine()}, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'{os.cpu_count()} CPUs'}); "
           f"measured matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
-    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'1st step':>9}{'peak GiB':>9}{'MFU bf16':>9}"
+    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'1st step':>9}{'peak GiB':>9}{'steps GiB':>10}{'1st GiB':>8}"
+              f"{'MFU bf16':>9}"
               f"{'MFU fp32':>9}{'train loss':>11}{'held-out':>9}")
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
-              f"{r['first_step_s']:>9.1f}{r['peak_memory_gib']:>9.2f}{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}"
+              f"{r['first_step_s']:>9.1f}{r['peak_memory_gib']:>9.2f}"
+              f"{gib(r, 'steady_peak_gib'):>10}{gib(r, 'first_step_peak_gib'):>8}"
+              f"{r['mfu_bf16']:>9.1%}{r['mfu_fp32']:>9.1%}"
               f"{r['final_loss']:>11.4f}"
               f"{r['heldout_loss']:>9.4f}" + (f" ± {r['heldout_loss_sd']:.4f}" if "heldout_loss_sd" in r else ""))
     for name in failed:
         print(f"{name:<40}failed (its error is in the JSON)")
     print(f"\nwritten: {write_json(args, peaks, results, failed)}")
+
+
+def gib(result: dict, key: str) -> str:
+    """On CUDA the peak splits into the first step's (compilation's one-off memory) and the later steps'; '-' on CPU,
+    where the peak RSS cannot be reset between them."""
+    value = result.get(key)
+    return "-" if value is None else f"{value:.2f}"
 
 
 def write_json(args, peaks: dict, results: dict, failed: dict) -> Path:
