@@ -196,6 +196,38 @@ def test_flex_attention_packing_flattens_a_batch_to_one_fixed_length_sequence_of
     assert (causal[first:total] - packed[first:total]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("lm_head_loss", ["trained_positions", "trl_fused"])  # our two trainer classes
+def test_padding_free_batches_count_every_real_token_as_trained_input(tiny_model_dir, tokenizer, tmp_path,
+                                                                     lm_head_loss):
+    """tokens/s (MLflow, the benchmark) counts non-padding tokens. A padding-free batch (flex or flash attention's
+    packing) has no attention mask, and transformers would count the tokens unequal to the pad id: here pad is
+    <|im_end|>, which ends every turn, so every row would lose tokens. Our trainer counts the rows' tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import prepared
+    from llm_engineering.config import AdapterConfig, DataConfig, TrainConfig
+    from llm_engineering.model.training import build_trainer
+
+    model_cfg = ModelConfig(attn_implementation="flex_attention")
+    cfg = TrainConfig(packing=True, max_length=256, per_device_batch_size=2, lm_head_loss=lm_head_loss)
+    rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    trainer = build_trainer(model, tokenizer, model_cfg, AdapterConfig(), cfg, rows, rows[:1], tmp_path)
+    sequences = [{"input_ids": sum((r["input_ids"] for r in pair), []), "labels": sum((r["labels"] for r in pair), []),
+                  "seq_lengths": [len(r["input_ids"]) for r in pair]} for pair in (rows[:2], rows[2:])]
+    batch = trainer.data_collator(sequences)
+    assert "attention_mask" not in batch and batch["input_ids"].numel() == 512  # padding-free, padded to one length
+    total = sum(len(r["input_ids"]) for r in rows)
+    assert int((batch["input_ids"] != tokenizer.pad_token_id).sum()) < total  # what the pad id alone would count
+
+    trainer._track_num_input_tokens(batch)
+    assert trainer.state.num_input_tokens_seen == total
+    # a batch with a mask (sdpa's packing) is still counted by its mask
+    masked = PackedCollator(pad_token_id=tokenizer.pad_token_id)(sequences)
+    trainer._track_num_input_tokens(masked)
+    assert trainer.state.num_input_tokens_seen == 2 * total
+
+
 def test_flex_attention_training_without_cuda_is_refused_before_loading(tiny_model_dir, tmp_path):
     from llm_engineering.config import AdapterConfig, TrainConfig
     from llm_engineering.model.loading import load_base

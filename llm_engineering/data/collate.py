@@ -41,6 +41,18 @@ class PackedCollator(DataCollatorForLanguageModeling):
         return batch
 
 
+def non_padding_tokens(batch: dict[str, Any]) -> int:
+    """The tokens of a collated batch that are not padding. A padding-free batch has no attention mask, and
+    transformers then counts the tokens unequal to the pad id, which also drops every real token with that id (pad is
+    often the end-of-turn token: 3 % of the GPU profile's tokens, so 3 % off its tokens/s). Its pads are one-token
+    rows (position 0, followed by position 0 or the end); a real row holds a prompt and a reply, never one token."""
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    positions = batch["position_ids"]
+    following = torch.nn.functional.pad(positions[..., 1:], (0, 1))
+    return int((~((positions == 0) & (following == 0))).sum())
+
+
 @contextlib.contextmanager
 def block_diagonal_attention(model):
     """While active, a forward with several rows per sequence (position ids restarting at 0) gets a block mask

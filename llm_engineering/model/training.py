@@ -120,11 +120,11 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
 
 def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eval_rows, output_dir, callbacks=None):
     """TRL SFTTrainer over rows the dataset step already templated, tokenized and masked."""
-    from trl import SFTTrainer, pack_dataset
+    from trl import pack_dataset
 
-    from llm_engineering.model.trainer import TrainedPositionsSFTTrainer
+    from llm_engineering.model.trainer import PackedTokensSFTTrainer, TrainedPositionsSFTTrainer
 
-    trainer_class = TrainedPositionsSFTTrainer if trained_positions_loss(cfg) else SFTTrainer
+    trainer_class = TrainedPositionsSFTTrainer if trained_positions_loss(cfg) else PackedTokensSFTTrainer
     train = token_dataset(train_rows)
     if cfg.packing:  # packed once here, shuffled first so that each sequence mixes rows from the whole dataset
         train = pack_dataset(train.shuffle(seed=cfg.seed), cfg.max_length, strategy="bfd")
