@@ -92,8 +92,9 @@ def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch
     return load_run_config(tree)
 
 
-def random_model_dir(shape: str, root: Path, tokenizer_dir: Path) -> Path:
-    """A random-init Llama of the given shape saved as bf16 safetensors (no downloads), with a real tokenizer."""
+def random_model_dir(shape: str, root: Path, tokenizer_dir: Path, config: dict = None) -> Path:
+    """A random-init Llama of the given shape (or `config`'s dimensions, named `shape`) saved as bf16 safetensors
+    (no downloads), with a real tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     path = root / f"llama-{shape}"
@@ -101,7 +102,7 @@ def random_model_dir(shape: str, root: Path, tokenizer_dir: Path) -> Path:
         return path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(**(LLAMA3_8B if shape == "8b" else TINY), bos_token_id=tokenizer.bos_token_id,
+    config = LlamaConfig(**(config or (LLAMA3_8B if shape == "8b" else TINY)), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          tie_word_embeddings=False, dtype="bfloat16")
     torch.set_default_dtype(torch.bfloat16)  # an 8B model initialised in fp32 would need 32 GB first
