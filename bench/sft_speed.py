@@ -8,11 +8,12 @@
 
 Same model, rows, LoRA config, optimizer steps, effective batch and hardware for every variant; each runs in its own
 process (peak memory is its own). Reported per variant: non-padding training tokens/s and seconds/step after warm-up
-steps, peak memory (max RSS on CPU, max allocated on CUDA), model-FLOPs utilisation against the bf16 and fp32 matmul
-peaks this script measures first, and the mean train loss of the last steps (speed must not come from learning less).
-MFU counts 4·N FLOPs per token (N: all parameters): LoRA training runs the forward (2N) and the input-gradient
-backward (2N) of the frozen weights; their weight gradients are never computed. Needs torch, transformers, peft, trl,
-accelerate, bitsandbytes and datasets, not zenml or mlflow. Prints a table, writes JSON (--out).
+steps, peak memory (max RSS on CPU; max allocated on CUDA, also split into the first step's and the later steps'),
+model-FLOPs utilisation against the bf16 and fp32 matmul peaks this script measures first, and the mean train loss of
+the last steps (speed must not come from learning less). MFU counts 4·N FLOPs per token (N: all parameters): LoRA
+training runs the forward (2N) and the input-gradient backward (2N) of the frozen weights; their weight gradients are
+never computed. Needs torch, transformers, peft, trl, accelerate, bitsandbytes and datasets, not zenml or mlflow.
+Prints a table, writes JSON (--out).
 """
 
 import argparse
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -92,7 +94,7 @@ def run_config(profile: str, shape: str, model_dir: Path, overrides: dict, batch
     return load_run_config(tree)
 
 
-def random_model_dir(shape: str, root: Path, tokenizer_dir: Path, config: dict = None) -> Path:
+def random_model_dir(shape: str, root: Path, tokenizer_dir: Path, config: Optional[dict] = None) -> Path:
     """A random-init Llama of the given shape (or `config`'s dimensions, named `shape`) saved as bf16 safetensors
     (no downloads), with a real tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -373,9 +375,8 @@ def report(args, peaks: dict, results: dict, failed: dict) -> None:
     print(f"\nSFT speed, {args.profile} profile ({platform.processor() or platform.machine()}, "
           f"{torch.cuda.get_device_name() if torch.cuda.is_available() else f'{os.cpu_count()} CPUs'}); "
           f"measured matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s")
-    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'1st step':>9}{'peak GiB':>9}{'steps GiB':>10}{'1st GiB':>8}"
-              f"{'MFU bf16':>9}"
-              f"{'MFU fp32':>9}{'train loss':>11}{'held-out':>9}")
+    header = (f"{'variant':<40}{'tok/s':>8}{'x TRL':>7}{'s/step':>8}{'1st step':>9}{'peak GiB':>9}{'steps GiB':>10}"
+              f"{'1st GiB':>8}{'MFU bf16':>9}{'MFU fp32':>9}{'train loss':>11}{'held-out':>9}")
     print(header + "\n" + "-" * len(header))
     for name, r in results.items():
         print(f"{name:<40}{r['tokens_per_s']:>8.0f}{r['tokens_per_s'] / base:>7.2f}{r['s_per_step']:>8.2f}"
