@@ -159,6 +159,12 @@ def test_the_fast_renderer_matches_apply_chat_template(tiny_model_dir, name):
                 messages[:end], tokenize=False, add_generation_prompt=generation_prompt)
 
 
+def packed_in_pairs(rows: list[dict]) -> list[dict]:
+    """Rows packed two per sequence, as TRL's pack_dataset hands them to the collator."""
+    return [{"input_ids": sum((r["input_ids"] for r in pair), []), "labels": sum((r["labels"] for r in pair), []),
+             "seq_lengths": [len(r["input_ids"]) for r in pair]} for pair in zip(rows[::2], rows[1::2])]
+
+
 def test_flex_attention_packing_flattens_a_batch_to_one_fixed_length_sequence_of_independent_rows(
         tiny_model_dir, tokenizer):
     """The varlen path for flex attention (CUDA training): TRL's padding-free batch, padded to one length so the
@@ -173,8 +179,7 @@ def test_flex_attention_packing_flattens_a_batch_to_one_fixed_length_sequence_of
     cfg = TrainConfig(packing=True, max_length=256, per_device_batch_size=2)
     collator = packed_collator(tokenizer, cfg, ModelConfig(attn_implementation="flex_attention"))
     rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
-    sequences = [{"input_ids": sum((r["input_ids"] for r in pair), []), "labels": sum((r["labels"] for r in pair), []),
-                  "seq_lengths": [len(r["input_ids"]) for r in pair]} for pair in (rows[:2], rows[2:])]
+    sequences = packed_in_pairs(rows)
     batch = collator(sequences)
     total = sum(len(r["input_ids"]) for r in rows)
     assert batch["input_ids"].shape == (1, 512) and set(batch) == {"input_ids", "labels", "position_ids"}
@@ -213,8 +218,7 @@ def test_padding_free_batches_count_every_real_token_as_trained_input(tiny_model
     rows = prepared(DataConfig(num_rows=12, eval_rows=2)).train[:4]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     trainer = build_trainer(model, tokenizer, model_cfg, AdapterConfig(), cfg, rows, rows[:1], tmp_path)
-    sequences = [{"input_ids": sum((r["input_ids"] for r in pair), []), "labels": sum((r["labels"] for r in pair), []),
-                  "seq_lengths": [len(r["input_ids"]) for r in pair]} for pair in (rows[:2], rows[2:])]
+    sequences = packed_in_pairs(rows)
     batch = trainer.data_collator(sequences)
     assert "attention_mask" not in batch and batch["input_ids"].numel() == 512  # padding-free, padded to one length
     total = sum(len(r["input_ids"]) for r in rows)

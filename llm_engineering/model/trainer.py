@@ -25,8 +25,7 @@ class PackedTokensSFTTrainer(SFTTrainer):
     by the pad id (collate.non_padding_tokens): tokens/s in MLflow and the benchmark rely on it."""
 
     def _track_num_input_tokens(self, inputs):
-        if (self.args.include_num_input_tokens_seen != "non_padding" or "attention_mask" in inputs
-                or "position_ids" not in inputs):
+        if self.args.include_num_input_tokens_seen != "non_padding" or "position_ids" not in inputs:
             return super()._track_num_input_tokens(inputs)
         count = torch.as_tensor(non_padding_tokens(inputs), device=self.args.device, dtype=torch.int64)
         self.state.num_input_tokens_seen += self.accelerator.gather(count).sum().item()
