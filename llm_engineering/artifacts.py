@@ -37,3 +37,8 @@ def scratch_output(prefix: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def first_rows(dataset, n: int) -> list[dict]:
+    """The first `n` rows of a `datasets.Dataset` as dicts (a slice: the whole split is never copied to Python)."""
+    return dataset.select(range(min(n, len(dataset)))).to_list()

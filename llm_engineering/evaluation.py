@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_engineering.data.formats import chat_messages, row_tools
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -76,15 +78,16 @@ SCORERS = {
 
 
 @torch.no_grad()
-def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int):
-    """Greedy completions for chat prompts: [(text, stopped_by_eos)]."""
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int, tools=None):
+    """Greedy completions for chat prompts: [(text, stopped_by_eos)]; `tools`: each conversation's tool definitions."""
+    tools = tools or [None] * len(conversations)
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     eos_ids = _eos_ids(model, tokenizer)
     results = []
     for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+        batch = zip(conversations[start : start + batch_size], tools[start : start + batch_size])
+        texts = [tokenizer.apply_chat_template(c, tools=t, tokenize=False, add_generation_prompt=True) for c, t in batch]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         output = model.generate(
             **inputs,
@@ -109,9 +112,9 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new_tokens: int, batch_size: int):
     """Score greedy completions of each row's prompt (all turns but the last) against its last assistant turn."""
-    prompts = [row["messages"][:-1] for row in rows]
+    prompts = [chat_messages(row["messages"][:-1]) for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, [row_tools(row) for row in rows])
     scorer = SCORERS[metric]
     samples = [
         Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped, score=float(scorer(out, ref)))

@@ -13,6 +13,8 @@ from typing import Any, Optional
 from zenml import pipeline
 
 from llm_engineering.config import load_run_config
+from llm_engineering.data.sources import inputs_digest
+from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.model.export import check_push_credentials, check_target
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -28,10 +30,13 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)
 
+    # Cache keys see parameters, not file contents: the digests make an edited data file or checkpoint rerun its step.
+    checkpoint = checkpoint_stamp(cfg.model)
     train_dataset, eval_dataset, data_summary = load_dataset(
-        data=cfg.data, model=cfg.model, max_length=cfg.train.max_length
+        data=cfg.data, tokenizer=cfg.model.tokenizer, max_length=cfg.train.max_length,
+        inputs_digest=inputs_digest(cfg.data.source_list()) + checkpoint,
     )
-    base_model = load_base_model(model=cfg.model)
+    base_model = load_base_model(model=cfg.model, checkpoint_digest=checkpoint)
     initial_adapter = inject_adapter(base_model=base_model, adapter=cfg.adapter)
     trained_adapter, training_metrics = train_sft(
         base_model=base_model,

@@ -6,7 +6,7 @@ from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import first_rows, CheckpointDir
 from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
 from llm_engineering.evaluation import evaluate_generation
 from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
@@ -36,7 +36,7 @@ def export_model(
     and gate it: champion (ZenML stage production) only if it beats the current champion."""
     config = RunConfig.model_validate(run_config)
     tracking.set_tags(pipeline_run_tags())
-    rows = eval_dataset.to_list()[: evaluation.max_rows]
+    rows = first_rows(eval_dataset, evaluation.max_rows)
     model, tokenizer = load_exported(merged_model.path)
     metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))}}
     samples = []

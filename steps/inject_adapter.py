@@ -3,13 +3,14 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig
 from llm_engineering.model.adapter import check_init_supported, inject_adapter as inject, save_adapter
 from llm_engineering.model.loading import BaseModelRef, checkpoint_location, load_model
 
 
-@step
+@step(cache_policy=LIBRARY_AWARE)
 def inject_adapter(base_model: BaseModelRef, adapter: AdapterConfig) -> Annotated[CheckpointDir, "initial_adapter"]:
     """Wrap the base in a LoRA adapter (targets checked against the real model) and save its initial weights."""
     check_init_supported(adapter)  # before loading anything

@@ -3,13 +3,15 @@ from typing import Annotated
 from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.config import ModelConfig
 from llm_engineering.model.loading import BaseModelRef, load_base
 
 
-@step
-def load_base_model(model: ModelConfig) -> Annotated[BaseModelRef, "base_model"]:
-    """Load the base model as configured (quantized or not) and hand on a reference, not the weights."""
+@step(cache_policy=LIBRARY_AWARE)
+def load_base_model(model: ModelConfig, checkpoint_digest: str = "") -> Annotated[BaseModelRef, "base_model"]:
+    """Load the base model as configured (quantized or not) and hand on a reference, not the weights.
+    `checkpoint_digest` (a local checkpoint's files) is here for the cache key: changed weights reload."""
     _, _, ref = load_base(model)
     log_metadata(metadata={
         "model": ref.display_name,

@@ -6,6 +6,7 @@ from datasets import Dataset
 from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering import tracking
 from llm_engineering.orchestration.model_control_plane import process_metadata
 from llm_engineering.artifacts import CheckpointDir, scratch_output
@@ -16,7 +17,7 @@ from llm_engineering.model import data_parallel
 from llm_engineering.orchestration.checkpoints import durable_checkpoint_dir, training_key
 
 
-@step(experiment_tracker=True)
+@step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
 def train_sft(
     base_model: BaseModelRef,
     initial_adapter: CheckpointDir,

@@ -15,28 +15,28 @@ import re
 from llm_engineering.config import DataConfig
 from llm_engineering.data.formats import FORMATS, RowProblem, normalise
 from llm_engineering.data.prepare import prepare
-from llm_engineering.data.sources import DataError, read_file
+from llm_engineering.data.sources import DataError, read_path
 from llm_engineering.data.synthetic import booking_rows
 from llm_engineering.model.export import ExportError, check_target
 from llm_engineering.model.loading import ModelLoadError, load_tokenizer
 from llm_engineering.model.training import TrainingOutOfMemory, out_of_memory_advice
 
 
-def test_truncated_jsonl_names_the_broken_line(tmp_path):
+def test_truncated_jsonl_names_the_broken_line(tmp_path, tokenizer):
     path = tmp_path / "rows.jsonl"
     text = "\n".join(json.dumps(r) for r in booking_rows(3, seed=0))
     path.write_text(text[:-15])  # cut inside the last row, as an interrupted download would
-    with pytest.raises(DataError, match=r"rows.jsonl: line 3 is not valid JSON"):
-        read_file(path)
+    with pytest.raises(DataError, match=r"rows.jsonl line 3: not valid JSON"):
+        prepare(DataConfig(source="file", path=str(path), eval_rows=1), tokenizer, 256)
 
 
 def test_unsupported_extension_and_json_that_is_not_a_list(tmp_path):
     (tmp_path / "rows.txt").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"unsupported file type '.txt' \(expected .jsonl, .json, .csv, .parquet\)"):
-        read_file(tmp_path / "rows.txt")
+    with pytest.raises(DataError, match=r"unsupported file type '.txt' \(expected .jsonl, .json, .csv, .parquet, optionally"):
+        read_path(tmp_path / "rows.txt")
     (tmp_path / "rows.json").write_text('{"messages": []}')
     with pytest.raises(DataError, match="expected a JSON list of rows, found dict"):
-        read_file(tmp_path / "rows.json")
+        read_path(tmp_path / "rows.json")
 
 
 def test_a_dataset_with_no_valid_row_is_refused_with_the_count(tmp_path, tokenizer):

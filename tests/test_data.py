@@ -8,7 +8,7 @@ import pytest
 
 from llm_engineering.config import DataConfig, load_run_config_file
 from llm_engineering.data.prepare import prepare
-from llm_engineering.data.sources import DataError, read_file
+from llm_engineering.data.sources import DataError, read_path
 from llm_engineering.data.synthetic import booking_rows
 from tests.conftest import prepared
 
@@ -31,7 +31,7 @@ def test_synthetic_targets_are_the_fixed_json_shape():
 def test_split_is_seeded_and_disjoint(tokenizer):
     cfg = DataConfig(num_rows=60, eval_rows=10, seed=3)
     first, again = prepare(cfg, tokenizer, 256), prepare(cfg, tokenizer, 256)
-    assert first == again
+    assert first.report == again.report and first.train.to_list() == again.train.to_list()
     assert (len(first.train), len(first.eval)) == (50, 10)
     assert first.report.train_rows == 50 and first.report.rows_read == 60
     assert not {json.dumps(r) for r in first.train} & {json.dumps(r) for r in first.eval}
@@ -56,7 +56,7 @@ def test_every_conversational_format_becomes_the_same_trained_answers(tokenizer,
     data = prepare(DataConfig(source="file", path=str(SAMPLES / path), columns=columns, eval_rows=5), tokenizer, 256)
     assert data.report.format == fmt and data.report.rows_read == 60 and data.report.rows_invalid == 0
     expected = {row["messages"][-1]["content"] for row in booking_rows(60, seed=7)}
-    answers = {r["messages"][-1]["content"] for r in data.train + data.eval}
+    answers = {r["messages"][-1]["content"] for r in [*data.train, *data.eval]}
     assert answers == expected
     trained = tokenizer.decode([t for t in data.train[0]["labels"] if t != -100])
     assert trained == data.train[0]["messages"][-1]["content"] + "<|im_end|>"
@@ -87,24 +87,24 @@ def test_an_unrecognisable_dataset_names_its_columns_and_the_formats(tmp_path, t
 @pytest.mark.parametrize("content, message", [
     (None, "dataset file not found"),
     ("", "the file is empty"),
-    ('{"messages": []}\n{not json\n', "line 2 is not valid JSON"),
+    ('{"messages": []}\n{not json\n', "line 2: not valid JSON"),
     (b"\xff\xfe\x00binary", "not UTF-8 text"),
 ])
-def test_bad_files_are_named(tmp_path, content, message):
+def test_bad_files_are_named(tmp_path, tokenizer, content, message):
     path = tmp_path / "rows.jsonl"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message) as err:
-        read_file(path)
+        prepare(DataConfig(source="file", path=str(path), eval_rows=1), tokenizer, 256)
     assert str(path) in str(err.value)
 
 
 def test_a_broken_parquet_file_is_named(tmp_path):
     (tmp_path / "rows.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match=r"rows.parquet: not a readable Parquet file"):
-        read_file(tmp_path / "rows.parquet")
+        read_path(tmp_path / "rows.parquet")
 
 
 GOOD = booking_rows(1, seed=0)[0]
@@ -160,7 +160,7 @@ def test_truncation_is_opt_in_and_counted(tmp_path, tokenizer):
     path = write_rows(tmp_path / "long.jsonl", [GOOD] * 3 + [answer_first])
     data = prepare(DataConfig(source="file", path=str(path), eval_rows=1, truncate=True), tokenizer, 256)
     assert data.report.rows_truncated == 1
-    assert max(len(r["input_ids"]) for r in data.train + data.eval) == 256
+    assert max(len(r["input_ids"]) for r in [*data.train, *data.eval]) == 256
 
 
 def test_eval_rows_must_leave_training_rows(tokenizer):
@@ -181,7 +181,7 @@ def test_hub_rows_go_through_the_same_formats(tokenizer, tmp_path, monkeypatch):
     real = datasets.load_dataset
     calls = []
 
-    def from_local(hub_id, name=None, split=None, revision=None):
+    def from_local(hub_id, name=None, split=None, revision=None, streaming=False):
         calls.append((hub_id, name, split, revision))
         return real("json", data_files=str(SAMPLES / "sharegpt.json"), split="train")
 

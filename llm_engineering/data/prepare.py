@@ -1,114 +1,284 @@
-"""The dataset stage: read, normalise, validate, template, tokenize, mask and split, before any model loads.
+"""The dataset stage: read, normalise, validate, template, tokenize, mask, dedupe, mix and split, before any model loads.
+
+Rows stay in memory-mapped Arrow from the file read to the step's outputs: one batched `Dataset.map` (over
+`data.num_proc` processes) parses, normalises, templates, tokenizes and masks every row, writing to the datasets cache
+under a fingerprint of its inputs (rows, format, tokenizer and template, settings, library code), so a rerun with the
+same inputs reuses the work. Everything after it (problems, duplicates, splits, mixture weights, fingerprints, length
+statistics) works on index arrays and numeric columns, never on Python copies of the rows.
 
 Every row is checked; bad rows are reported with their location and reason. With `data.on_invalid: error` (default)
 the run stops listing the first rows and the count; with `skip` it goes on and the report says how many rows were
 dropped and why. Truncation is never silent either: it is a bad row unless `data.truncate` is set, and then counted.
+Exact duplicates and rows in both train and eval are counted (a warning for the overlap); `data.dedupe` drops them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
+import logging
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any
 
-from llm_engineering.config import DataConfig
+import numpy as np
+
+from llm_engineering.codebase import library_digest
+from llm_engineering.config import DataConfig, SourceConfig
 from llm_engineering.data.formats import FORMATS, RowProblem, detect_format, normalise, rename_columns
-from llm_engineering.data.sources import DataError, load_raw
+from llm_engineering.data.sources import DataError, environment_cores, load_raw
 from llm_engineering.data.stats import length_stats
 from llm_engineering.data.tokenization import IGNORE, tokenize_rows
 
+logger = logging.getLogger(__name__)
 MAX_REPORTED = 5
+ROWS_PER_PROCESS = 10_000  # below this a worker pool costs more than it saves
+INTERNAL_COLUMNS = ["problem", "row_hash", "truncated", "trained_tokens", "length"]
 
 
 @dataclass
 class DataReport:
     source: str
     format: str
-    fingerprint: str
+    fingerprint: str  # of the training split as trained (content, token ids, masks, order)
     rows_read: int
     rows_invalid: int
     rows_truncated: int
     train_rows: int = 0
     eval_rows: int = 0
+    eval_fingerprint: str = ""
+    duplicate_rows: int = 0  # rows identical to an earlier row (across sources)
+    train_eval_overlap: int = 0  # eval rows also in train
+    rows_deduped: int = 0
     invalid_examples: list[str] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
 
     def metadata(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "stats"} | self.stats
+        flat = {k: v for k, v in self.__dict__.items() if k not in ("stats", "sources")} | self.stats
+        for i, src in enumerate(self.sources if len(self.sources) > 1 else []):
+            flat.update({f"source_{i}_{k}": v for k, v in src.items()})
+        return flat
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    train: list[dict]  # normalised row + input_ids + labels
-    eval: list[dict]
+    train: Any  # datasets.Dataset: normalised row + input_ids + labels (+ location)
+    eval: Any
     report: DataReport
+    train_lengths: np.ndarray  # tokens per training row, for the histogram
+
+
+@dataclass
+class _Source:
+    cfg: SourceConfig
+    dataset: Any  # processed rows, bad ones included
+    good: np.ndarray  # indices of the usable rows
+    report: dict
 
 
 def prepare(cfg: DataConfig, tokenizer, max_length: int) -> PreparedData:
-    raw = load_raw(cfg)
-    if not raw.rows:
-        raise DataError(f"{raw.source}: no rows")
-    rows = [rename_columns(r, cfg.columns) for r in raw.rows]
-    fmt = cfg.format if cfg.format != "auto" else detect_format(rows)
-    if fmt is None:
-        first = next((r for r in rows if isinstance(r, dict)), {})
-        raise DataError(f"{raw.source}: cannot tell the dataset format from its columns {sorted(first)}; "
-                        f"set data.format ({', '.join(FORMATS)}) and map columns with data.columns")
+    from datasets import concatenate_datasets
 
-    problems: dict[int, str] = {}
-    normalised: dict[int, dict] = {}
-    for i, row in enumerate(rows):
-        try:
-            normalised[i] = normalise(row, fmt)
-        except RowProblem as problem:
-            problems[i] = str(problem)
-    indices = sorted(normalised)
-    tokenized = tokenize_rows([normalised[i] for i in indices], tokenizer, cfg.loss_on, max_length, cfg.truncate)
-    kept = []
-    for i, result in zip(indices, tokenized):
-        if result.problem:
-            problems[i] = result.problem
-        else:
-            kept.append({**normalised[i], "input_ids": result.input_ids, "labels": result.labels,
-                         "truncated": result.truncated})
+    sources = [_prepare_source(src, cfg, tokenizer, max_length) for src in cfg.source_list()]
+    rng = np.random.default_rng(cfg.seed)
+    offsets = np.cumsum([0] + [len(s.dataset) for s in sources])
+    hashes = np.concatenate([_column(s.dataset, "row_hash") for s in sources])
+    origin, pool = [], []
+    for i, s in enumerate(sources):  # each source shuffled and capped on its own
+        chosen = rng.permutation(s.good)[: s.cfg.max_rows]
+        pool.append(chosen + offsets[i])
+        origin.append(np.full(len(chosen), i))
+    pool, origin = np.concatenate(pool), np.concatenate(origin)
 
-    listed = [f"{raw.locations[i]}: {problems[i]}" for i in sorted(problems)[:MAX_REPORTED]]
-    if problems and (cfg.on_invalid == "error" or not kept):
-        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
-        why = "" if kept else " (no valid row left to train on)"
-        raise DataError(f"{raw.source}: {len(problems)} of {len(rows)} rows are invalid{why} (format {fmt}):\n  "
-                        + "\n  ".join(listed) + more
-                        + ("\n(set data.on_invalid: skip to train on the valid rows)" if kept else ""))
+    _, first = np.unique(hashes[pool], return_index=True)
+    duplicates = len(pool) - len(first)
+    if cfg.dedupe and duplicates:
+        keep = np.sort(first)
+        pool, origin = pool[keep], origin[keep]
 
-    truncated = sum(r.pop("truncated") for r in kept)
-    train, held_out = split(kept, cfg)
+    order = rng.permutation(len(pool))[: cfg.max_rows]
+    pool, origin = pool[order], origin[order]
+    if cfg.eval_rows >= len(pool):
+        raise DataError(f"data.eval_rows={cfg.eval_rows} leaves no training rows out of {len(pool)}")
+    train, train_origin, held_out = pool[: -cfg.eval_rows], origin[: -cfg.eval_rows], pool[-cfg.eval_rows:]
+    if sources[0].cfg.weight is not None:
+        train = _weighted(train, train_origin, [s.cfg.weight for s in sources], rng)
+        train_origin = np.searchsorted(offsets, train, side="right") - 1
+    overlap = int(np.isin(hashes[held_out], hashes[train]).sum())
+    if overlap:
+        logger.warning("%d of %d eval rows are also training rows: every evaluation on them is inflated "
+                       "(set data.dedupe: true to drop duplicates)", overlap, len(held_out))
+
+    combined = concatenate_datasets([s.dataset for s in sources]) if len(sources) > 1 else sources[0].dataset
+    lengths, trained = _column(combined, "length"), _column(combined, "trained_tokens")
+    for i, s in enumerate(sources):
+        s.report.update(train_rows=int((train_origin == i).sum()),
+                        eval_rows=int((np.searchsorted(offsets, held_out, side="right") - 1 == i).sum()))
     report = DataReport(
-        source=raw.source, format=fmt, fingerprint=fingerprint(kept), rows_read=len(rows),
-        rows_invalid=len(problems), rows_truncated=truncated, invalid_examples=listed,
-        train_rows=len(train), eval_rows=len(held_out),
+        source=" + ".join(s.cfg.name for s in sources),
+        format=",".join(dict.fromkeys(s.report["format"] for s in sources)),
+        fingerprint=_fingerprint(hashes[train]), eval_fingerprint=_fingerprint(hashes[held_out]),
+        rows_read=sum(s.report["rows_read"] for s in sources),
+        rows_invalid=sum(s.report["rows_invalid"] for s in sources),
+        rows_truncated=sum(s.report["rows_truncated"] for s in sources),
+        train_rows=len(train), eval_rows=len(held_out), duplicate_rows=int(duplicates),
+        train_eval_overlap=overlap, rows_deduped=int(duplicates) if cfg.dedupe else 0,
+        invalid_examples=[e for s in sources for e in s.report.pop("invalid_examples")][:MAX_REPORTED],
+        sources=[s.report for s in sources],
     )
-    report.stats = (length_stats([len(r["input_ids"]) for r in train], "train")
-                    | {"train_trained_tokens": sum(sum(t != IGNORE for t in r["labels"]) for r in train)})
-    return PreparedData(train, held_out, report)
+    report.stats = length_stats(lengths[train].tolist(), "train") | {"train_trained_tokens": int(trained[train].sum())}
+    return PreparedData(_split_dataset(combined, train), _split_dataset(combined, held_out), report, lengths[train])
 
 
-def split(rows: list[dict], cfg: DataConfig) -> tuple[list[dict], list[dict]]:
-    """Seeded shuffle, optional cap, then the last `eval_rows` rows are held out."""
-    shuffled = list(rows)
-    random.Random(cfg.seed).shuffle(shuffled)
-    if cfg.max_rows:
-        shuffled = shuffled[: cfg.max_rows]
-    if cfg.eval_rows >= len(shuffled):
-        raise DataError(f"data.eval_rows={cfg.eval_rows} leaves no training rows out of {len(shuffled)}")
-    return shuffled[: -cfg.eval_rows], shuffled[-cfg.eval_rows:]
+def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: int) -> _Source:
+    """One source read, then normalised, templated, tokenized and masked by one batched map; bad rows counted."""
+    from datasets import Features, Value
+
+    code = library_digest()
+    raw = load_raw(src, cfg.seed, code)
+    rows = raw.dataset
+    fmt = src.format if src.format != "auto" else _detect(rows, src)
+    settings = dict(format=fmt, columns=dict(src.columns), loss_on=cfg.loss_on, max_length=max_length,
+                    truncate=cfg.truncate)
+    fingerprint = hashlib.sha256(json.dumps(
+        [rows._fingerprint, settings, tokenizer_digest(tokenizer), code], sort_keys=True).encode()).hexdigest()[:32]
+    requested = cfg.num_proc or environment_cores()
+    num_proc = max(1, min(requested, len(rows) // ROWS_PER_PROCESS))
+    message = {"role": Value("string"), "content": Value("string"), "tool_calls": Value("string"),
+               "tool_call_id": Value("string"), "weight": Value("int8")}
+    features = Features({
+        "location": Value("string"), "messages": [message], "text": Value("string"), "tools": Value("string"),
+        "input_ids": [Value("int32")], "labels": [Value("int32")], "length": Value("int32"),
+        "trained_tokens": Value("int32"), "truncated": Value("bool"), "row_hash": Value("int64"),
+        "problem": Value("string"),
+    })
+    processed = rows.map(
+        process_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=features,
+        new_fingerprint=fingerprint, desc=f"preparing {src.name}",
+    )
+    import pyarrow.compute as pc
+
+    bad = np.flatnonzero(pc.is_valid(processed.data.column("problem")).to_numpy(zero_copy_only=False))
+    good = np.setdiff1d(np.arange(len(processed)), bad)
+    listed = []
+    if len(bad):
+        sample = processed.select(bad[:MAX_REPORTED])
+        listed = [f"{loc}: {why}" for loc, why in zip(sample["location"], sample["problem"])]
+    if len(bad) and (cfg.on_invalid == "error" or not len(good)):
+        more = f"\n  ... and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
+        why = "" if len(good) else " (no valid row left to train on)"
+        raise DataError(f"{src.name}: {len(bad)} of {len(processed)} rows are invalid{why} (format {fmt}):\n  "
+                        + "\n  ".join(listed) + more
+                        + ("\n(set data.on_invalid: skip to train on the valid rows)" if len(good) else ""))
+    truncated = _column(processed, "truncated")
+    report = {"name": src.name, "format": fmt, "rows_read": len(processed), "rows_invalid": len(bad),
+              "rows_truncated": int(truncated[good].sum()), "fingerprint": _fingerprint(_column(processed,
+                                                                                                 "row_hash")[good]),
+              "invalid_examples": listed}
+    return _Source(src, processed, good, report)
 
 
-def fingerprint(rows: Iterable[dict]) -> str:
-    """SHA-256 over the rows as trained (content, token ids and masks), so any change to the data shows."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-        digest.update(b"\n")
+def process_batch(batch: dict, tokenizer, format: str, columns: dict, loss_on: str, max_length: int,
+                  truncate: bool) -> dict:
+    """JSON rows -> normalised, templated, tokenized, masked rows (a `problem` instead for a bad row)."""
+    normalised, problems = [], []
+    for text in batch["row"]:
+        try:
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise RowProblem(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+            normalised.append(normalise(rename_columns(row, columns), format))
+            problems.append(None)
+        except RowProblem as problem:
+            normalised.append(None)
+            problems.append(str(problem))
+    usable = [row for row in normalised if row is not None]
+    tokenized = iter(tokenize_rows(usable, tokenizer, loss_on, max_length, truncate))
+    out = {k: [] for k in ("messages", "text", "tools", "input_ids", "labels", "length", "trained_tokens",
+                           "truncated", "row_hash", "problem")}
+    for row, problem in zip(normalised, problems):
+        result = next(tokenized) if row is not None else None
+        problem = problem or (result.problem if result else None)
+        ok = problem is None
+        ids, labels = (result.input_ids, result.labels) if ok else ([], [])
+        out["messages"].append(row["messages"] if ok else [])
+        out["text"].append(row["text"] if ok else None)
+        out["tools"].append(row["tools"] if ok else None)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["trained_tokens"].append(sum(t != IGNORE for t in labels))
+        out["truncated"].append(bool(ok and result.truncated))
+        out["row_hash"].append(_row_hash(row, ids, labels) if ok else 0)
+        out["problem"].append(problem)
+    return out
+
+
+def _detect(rows, src: SourceConfig) -> str:
+    first = None
+    for text in rows.select(range(min(len(rows), 100)))["row"]:
+        try:
+            first = rename_columns(json.loads(text), src.columns)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(first, dict):
+            break
+    fmt = detect_format([first]) if isinstance(first, dict) else None
+    if fmt is None:
+        raise DataError(f"{src.name}: cannot tell the dataset format from its columns "
+                        f"{sorted(first) if isinstance(first, dict) else []}; set format ({', '.join(FORMATS)}) "
+                        "and map columns with columns")
+    return fmt
+
+
+def _weighted(train: np.ndarray, origin: np.ndarray, weights: list[float], rng) -> np.ndarray:
+    """The training rows redrawn so that each source makes up its weight's share (repeating rows when a source has
+    fewer than its share; seeded)."""
+    total, shares = len(train), np.asarray(weights) / sum(weights)
+    drawn = []
+    for i, share in enumerate(shares):
+        mine = train[origin == i]
+        want = int(round(share * total))
+        if not len(mine) or not want:
+            continue
+        repeats, rest = divmod(want, len(mine))
+        drawn += [np.tile(mine, repeats), rng.choice(mine, rest, replace=False)]
+    return rng.permutation(np.concatenate(drawn))
+
+
+def _row_hash(row: dict, ids: list[int], labels: list[int]) -> int:
+    digest = hashlib.blake2b(json.dumps(row, sort_keys=True, ensure_ascii=False).encode(), digest_size=8)
+    digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+    digest.update(np.asarray(labels, dtype=np.int32).tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def _fingerprint(row_hashes: np.ndarray) -> str:
+    """SHA-256 over the rows' hashes in order: any change of content, tokens, masks or selection shows."""
+    return hashlib.sha256(np.ascontiguousarray(row_hashes, dtype=np.int64).tobytes()).hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What the tokenization depends on: the vocabulary and rules, the chat template, the special tokens."""
+    digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(json.dumps([tokenizer.chat_template, tokenizer.special_tokens_map], sort_keys=True,
+                             default=str).encode())
     return digest.hexdigest()
+
+
+def _column(dataset, name: str) -> np.ndarray:
+    """A numeric column of the underlying table (row order of `dataset`'s own table, no indices mapping)."""
+    return dataset.data.column(name).to_numpy()
+
+
+def _split_dataset(dataset, indices: np.ndarray):
+    """The rows at `indices` (an indices mapping, no copy), without internal columns or ones no row uses."""
+    import pyarrow.compute as pc
+
+    table = dataset.data
+    unused = [name for name in ("text", "tools") if table.column(name).null_count == table.num_rows]
+    if (pc.max(pc.list_value_length(table.column("messages"))).as_py() or 0) == 0:
+        unused += ["messages", "tools"]
+    return dataset.select(indices).remove_columns(INTERNAL_COLUMNS + sorted(set(unused)))

@@ -1,21 +1,35 @@
-"""Read raw rows from the synthetic task, local files (JSONL, JSON, CSV, Parquet, or a directory of them) or the hub.
+"""Read raw rows from the synthetic task, local files (JSONL, JSON, CSV, Parquet, optionally .gz/.zst; a file, a
+directory or a glob) or the hub, into a memory-mapped Arrow dataset.
 
-Rows come back as they are in the source, each with a location a user can find it by ("chat.jsonl line 12",
-"train.csv row 3"); formats.py normalises and checks them.
+Every source becomes the same two columns: `row`, the row as JSON text, and `location`, where a user finds it
+("chat.jsonl line 12", "train.csv row 3"). Rows stay JSON text until formats.py normalises them, one row at a time:
+Arrow would otherwise unify the rows' schemas (every message gets every key any message has, every tool schema the
+properties of all the others), which silently changes tool definitions and chat rows. The rows are written by
+`Dataset.from_generator` in batches, so memory stays flat however many rows there are, and its cache is keyed on the
+files' content digest: an edited file is read again, an unchanged one is reused.
+
+JSONL lines end at "\\n" only (U+2028/U+2029 inside strings are text); CSV is parsed by the csv module on the open
+file, so quoted cells keep their newlines.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
+import gzip
+import hashlib
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Iterator
 
-from llm_engineering.config import DataConfig
-from llm_engineering.data.synthetic import booking_rows
+from llm_engineering.config import SourceConfig
 
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+COMPRESSIONS = (".gz", ".zst")
+RAW_COLUMNS = ("row", "location")
 
 
 class DataError(ValueError):
@@ -24,94 +38,215 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class RawRows:
-    rows: list[Any]
-    locations: list[str]
+    dataset: object  # datasets.Dataset with columns `row` (JSON text) and `location`
     source: str  # what to call the dataset in messages
 
 
-def load_raw(cfg: DataConfig) -> RawRows:
-    if cfg.source == "synthetic":
-        rows = booking_rows(cfg.num_rows, cfg.seed)
-        return RawRows(rows, [f"row {i}" for i in range(len(rows))], "synthetic task")
-    if cfg.source == "file":
-        return read_path(Path(cfg.path).expanduser())
-    return read_hub(cfg)
+def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRows:
+    """The source's rows as Arrow (`row`, `location`); DataError for a missing, empty or unreadable source."""
+    from datasets import Dataset, Features, Value
 
-
-def read_path(path: Path) -> RawRows:
-    """One supported file, or every supported file of a directory (sorted by name, concatenated)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in FILE_TYPES and p.is_file())
-        if not files:
-            raise DataError(f"{path}: the directory has no {'/'.join(FILE_TYPES)} files")
-        parts = [read_file(f) for f in files]
-        return RawRows([r for p in parts for r in p.rows], [loc for p in parts for loc in p.locations], str(path))
-    return read_file(path)
-
-
-def read_file(path: Path) -> RawRows:
-    if not path.is_file():
-        raise DataError(f"dataset file not found: {path}")
-    if path.suffix not in FILE_TYPES:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected {', '.join(FILE_TYPES)})")
-    if path.suffix == ".parquet":
-        rows = _parquet_rows(path)
-        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
-    text = _text(path)
-    if path.suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected a JSON list of rows, found {type(rows).__name__}")
-        return RawRows(rows, [f"{path.name} row {i}" for i in range(len(rows))], str(path))
-    rows, locations = [], []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {line_number} is not valid JSON: {exc.msg}") from None
-        locations.append(f"{path.name} line {line_number}")
-    return RawRows(rows, locations, str(path))
-
-
-def _text(path: Path) -> str:
+    features = Features({"row": Value("string"), "location": Value("string")})
+    if src.source == "file":
+        files = resolve_files(src.path)
+        kwargs = {"paths": [str(f) for f in files], "digest": files_digest(files)}
+        generator = _file_rows
+    elif src.source == "synthetic":
+        kwargs = {"num_rows": src.num_rows, "seed": seed}
+        generator = _synthetic_rows
+    else:
+        kwargs = {"hub": src.model_dump(mode="json")}
+        generator = _hub_rows
+    kwargs["code"] = code_digest  # a changed reader is a different dataset (the generator is hashed by name)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        dataset = Dataset.from_generator(generator, features=features, gen_kwargs=kwargs)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets wraps the generator's errors: surface ours, name the source otherwise
+        cause = _data_error_in(exc)
+        if cause:
+            raise cause from None
+        raise DataError(f"{src.name}: could not read the rows ({type(exc).__name__}: {exc})") from exc
+    if len(dataset) == 0:
+        raise DataError(f"{src.name}: no rows")
+    return RawRows(dataset, src.name)
+
+
+def read_path(path) -> RawRows:
+    """A local file, directory or glob read as `data.path` reads it."""
+    return load_raw(SourceConfig(source="file", path=str(path)))
+
+
+def _data_error_in(exc: BaseException):
+    while exc is not None:
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def resolve_files(spec: str) -> list[Path]:
+    """A file, every supported file of a directory, or every match of a glob, sorted by name."""
+    path = Path(spec).expanduser()
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"{spec}: the pattern matches no file")
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and file_type(p) is not None)
+        if not files:
+            raise DataError(f"{path}: the directory has no {'/'.join(FILE_TYPES)} files "
+                            f"(optionally {'/'.join(COMPRESSIONS)})")
+    elif not path.is_file():
+        raise DataError(f"dataset file not found: {path}")
+    else:
+        files = [path]
+    for file in files:
+        if file_type(file) is None:
+            raise DataError(f"{file}: unsupported file type '{''.join(file.suffixes[-2:])}' (expected "
+                            f"{', '.join(FILE_TYPES)}, optionally compressed {'/'.join(COMPRESSIONS)})")
+    return files
+
+
+def file_type(path: Path):
+    """(kind, compression) for a supported file name, else None: chat.jsonl.zst -> (".jsonl", ".zst")."""
+    suffixes = path.suffixes[-2:]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in COMPRESSIONS else ""
+    kind = (suffixes[-2] if compression and len(suffixes) == 2 else "") if compression else path.suffix
+    if kind not in FILE_TYPES or (compression and kind == ".parquet"):
+        return None
+    return kind, compression
+
+
+def files_digest(files: list[Path]) -> str:
+    """SHA-256 over each file's name, size and content: what an edit changes, whatever its mtime."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.resolve()}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def inputs_digest(sources: list[SourceConfig]) -> str:
+    """The content digest of every local file the sources read ("" when none): a cache key part for the step."""
+    files = [f for s in sources if s.source == "file" for f in resolve_files(s.path)]
+    return files_digest(files) if files else ""
+
+
+def _open_text(path: Path) -> IO[str]:
+    kind, compression = file_type(path)
+    if compression == ".gz":
+        raw = gzip.open(path, "rb")
+    elif compression == ".zst":
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    else:
+        raw = open(path, "rb")
+    # newline="" keeps "\r\n" and lone "\r" for csv to handle; JSONL is split by us on "\n" only
+    return io.TextIOWrapper(io.BufferedReader(raw) if compression == ".zst" else raw, encoding="utf-8", newline="")
+
+
+def _file_rows(paths: list[str], digest: str, code: str) -> Iterator[dict]:
+    for name in paths:
+        path = Path(name)
+        kind, _ = file_type(path)
+        readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+        count = 0
+        try:
+            for count, row in enumerate(readers[kind](path), start=1):
+                yield row
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a line or block)") from None
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+        if count == 0:
+            raise DataError(f"{path}: the file is empty")
+
+
+def _jsonl_rows(path: Path) -> Iterator[dict]:
+    with _open_text(path) as handle:
+        line_number, pending = 0, ""
+        for piece in handle:  # TextIOWrapper with newline="" splits after "\n", "\r\n" and "\r" only
+            pending += piece
+            if not pending.endswith("\n"):
+                continue  # a lone "\r" inside a string: the line goes on
+            line_number += 1
+            if pending.strip():
+                yield {"row": pending.rstrip("\r\n"), "location": f"{path.name} line {line_number}"}
+            pending = ""
+        if pending.strip():
+            yield {"row": pending, "location": f"{path.name} line {line_number + 1}"}
+
+
+def _json_rows(path: Path) -> Iterator[dict]:
+    with _open_text(path) as handle:
+        text = handle.read()
     if not text.strip():
-        raise DataError(f"{path}: the file is empty")
-    return text
+        return
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of rows, found {type(rows).__name__}")
+    if not rows:
+        raise DataError(f"{path}: no rows (an empty JSON list)")
+    for i, row in enumerate(rows):
+        yield {"row": json.dumps(row, ensure_ascii=False), "location": f"{path.name} row {i}"}
 
 
-def _parquet_rows(path: Path) -> list[dict]:
+def _csv_rows(path: Path) -> Iterator[dict]:
+    with _open_text(path) as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            if None in row:  # more cells than header columns
+                raise DataError(f"{path}: row {i} has {len(row) - 1 + len(row[None])} cells, the header "
+                                f"{len(row) - 1} columns")
+            yield {"row": json.dumps(row, ensure_ascii=False), "location": f"{path.name} row {i}"}
+
+
+def _parquet_rows(path: Path) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        parquet = pq.ParquetFile(path)
+        index = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield {"row": json.dumps(row, ensure_ascii=False, default=str), "location": f"{path.name} row {index}"}
+                index += 1
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: name the file either way
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
 
 
-def read_hub(cfg: DataConfig) -> RawRows:
+def _synthetic_rows(num_rows: int, seed: int, code: str) -> Iterator[dict]:
+    from llm_engineering.data.synthetic import booking_rows
+
+    for i, row in enumerate(booking_rows(num_rows, seed)):
+        yield {"row": json.dumps(row, ensure_ascii=False), "location": f"row {i}"}
+
+
+def _hub_rows(hub: dict, code: str) -> Iterator[dict]:
     import datasets
 
-    name = f"hub:{cfg.hub_id}"
+    src = SourceConfig(**hub)
     try:
-        dataset = datasets.load_dataset(
-            cfg.hub_id, name=cfg.hub_config, split=cfg.hub_split, revision=cfg.hub_revision
-        )
+        dataset = datasets.load_dataset(src.hub_id, name=src.hub_config, split=src.hub_split,
+                                        revision=src.hub_revision, streaming=src.streaming)
     except Exception as exc:  # the hub raises many types (offline, 404, gated); name the dataset either way
         raise DataError(
-            f"could not load hub dataset '{cfg.hub_id}' (config={cfg.hub_config}, split={cfg.hub_split}, "
-            f"revision={cfg.hub_revision}): {type(exc).__name__}: {exc}"
+            f"could not load hub dataset '{src.hub_id}' (config={src.hub_config}, split={src.hub_split}, "
+            f"revision={src.hub_revision}): {type(exc).__name__}: {exc}"
         ) from exc
-    rows = dataset.to_list()
-    return RawRows(rows, [f"{cfg.hub_split} row {i}" for i in range(len(rows))], name)
+    if src.streaming:
+        dataset = dataset.take(src.max_rows)  # only these rows are downloaded
+    for i, row in enumerate(dataset):
+        yield {"row": json.dumps(row, ensure_ascii=False, default=str), "location": f"{src.hub_split} row {i}"}
+
+
+def environment_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -34,7 +34,33 @@ ALPACA = (
     "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + eos_token + '\\n\\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '### Response:\\n' }}{% endif %}"
 )
-BUILT_IN = {"chatml": CHATML, "llama-3": LLAMA_3, "mistral": MISTRAL, "alpaca": ALPACA}
+# ChatML with tools as Hermes / Qwen2.5 render them: definitions in the system turn inside <tools>, calls as
+# <tool_call>{"name", "arguments"}</tool_call> in the assistant turn, results as <tool_response> in a user turn.
+CHATML_TOOLS = (
+    "{%- if tools %}{{ '<|im_start|>system\\n' }}{% if messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+    "{{ '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{% for tool in tools %}{{ '\\n' + (tool | tojson) }}{% endfor %}"
+    "{{ '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\\n</tool_call><|im_end|>\\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for m in messages %}"
+    "{%- if m['role'] == 'user' %}{{ '<|im_start|>user\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- elif m['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' + (m['content'] or '') }}"
+    "{%- for call in m.get('tool_calls') or [] %}{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' "
+    "+ (call['function']['arguments'] | tojson) + '}\\n</tool_call>' }}{%- endfor %}{{ '<|im_end|>\\n' }}"
+    "{%- elif m['role'] == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
+    "{{ '\\n<tool_response>\\n' + m['content'] + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+BUILT_IN = {"chatml": CHATML, "chatml-tools": CHATML_TOOLS, "llama-3": LLAMA_3, "mistral": MISTRAL, "alpaca": ALPACA}
 PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
 
 
@@ -89,8 +115,31 @@ def end_of_turn(tokenizer) -> str:
     return closing
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+TOOL_PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_lookup_zq", "description": "d",
+                                                      "parameters": {"type": "object", "properties": {}}}}]
+TOOL_PROBE = [
+    {"role": "user", "content": "u"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "probe_call_zq", "arguments": {"probe_arg_zq": 1}}}]},
+    {"role": "tool", "content": "probe_result_zq"},
+    {"role": "assistant", "content": "a"},
+]
+
+
+def tool_support(render_fn) -> dict[str, bool]:
+    """Which tool parts the template renders: definitions (`tools`), assistant `tool_calls`, `tool` results.
+    A template that drops one would train the model on a conversation without it, so such rows are refused."""
+    try:
+        text = render_fn(TOOL_PROBE, tools=TOOL_PROBE_TOOLS)
+    except Exception:  # jinja's raise_exception on an unknown role: it renders none of them
+        return {"tools": False, "tool_calls": False, "tool results": False}
+    return {"tools": "probe_lookup_zq" in text,
+            "tool_calls": "probe_call_zq" in text and "probe_arg_zq" in text,
+            "tool results": "probe_result_zq" in text}
 
 
 def fast_renderer(tokenizer):
@@ -102,12 +151,17 @@ def fast_renderer(tokenizer):
 
         compiled = _compile_jinja_template(tokenizer.chat_template)
     except (ImportError, AttributeError):
-        return lambda messages, generation_prompt=False: render(tokenizer, messages, generation_prompt)
+        return lambda messages, generation_prompt=False, tools=None: render(tokenizer, messages, generation_prompt,
+                                                                            tools)
     specials = dict(tokenizer.special_tokens_map)
-    return lambda messages, generation_prompt=False: compiled.render(
-        messages=messages, add_generation_prompt=generation_prompt, **specials)
+    return lambda messages, generation_prompt=False, tools=None: compiled.render(
+        messages=messages, add_generation_prompt=generation_prompt, tools=tools, **specials)
 
 
 def row_text(tokenizer, row: dict) -> str:
     """A normalised row as the model reads it: the rendered conversation, or the plain text."""
-    return render(tokenizer, row["messages"]) if row.get("messages") else row["text"]
+    from llm_engineering.data.formats import chat_messages, row_tools
+
+    if not row.get("messages"):
+        return row["text"]
+    return render(tokenizer, chat_messages(row["messages"]), tools=row_tools(row))

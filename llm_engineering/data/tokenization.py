@@ -5,6 +5,9 @@ the generation prompt is context, the assistant's reply up to and including its 
 piece is tokenized on its own (all pieces of all rows in one batched call of the fast tokenizer), exactly as at
 inference time, where the prompt is tokenized and the reply is generated after it. This needs no `{% generation %}`
 markers in the template, and it trains every assistant turn of a multi-turn conversation, not only the last one.
+Assistant turns with weight 0 (OpenAI's fine-tuning format) stay context; tool calls are part of the assistant turn and
+trained with it, tool results are context. Rows with tools are rendered with the template's own tool support, and
+refused when the template would drop the tools, the calls or the results.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from llm_engineering.data.formats import RowProblem
-from llm_engineering.data.templates import fast_renderer
+from llm_engineering.data.formats import RowProblem, chat_messages, row_tools
+from llm_engineering.data.templates import fast_renderer, tool_support
 
 IGNORE = -100
 
@@ -26,24 +29,26 @@ class Tokenized:
     truncated: bool = False
 
 
-def pieces(row: dict, tokenizer, loss_on: str, render=None) -> list[tuple[str, bool]]:
+def pieces(row: dict, tokenizer, loss_on: str, render=None, support=None) -> list[tuple[str, bool]]:
     """The row's text as (piece, trained) in order; RowProblem when the template cannot render it consistently."""
-    if "text" in row:
+    if not row.get("messages"):
         return [(row["text"] + tokenizer.eos_token, True)]
     render = render or fast_renderer(tokenizer)
-    messages = row["messages"]
+    messages, tools = chat_messages(row["messages"]), row_tools(row)
+    weights = [m.get("weight", 1) for m in row["messages"]]
+    check_tool_support(messages, tools, support if support is not None else tool_support(render))
     try:
         out, done = [], ""
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = render(messages[:i], generation_prompt=True)
-            answered = render(messages[: i + 1])
+            prompt = render(messages[:i], generation_prompt=True, tools=tools)
+            answered = render(messages[: i + 1], tools=tools)
             if not prompt.startswith(done) or not answered.startswith(prompt):
                 raise RowProblem(f"the chat template renders turn {i} differently once later turns are added, so "
                                  "its assistant tokens cannot be located")
             reply = answered[len(prompt):].rstrip()  # the newline after the end-of-turn token is context
-            out += [(prompt[len(done):], loss_on == "all"), (reply, True)]
+            out += [(prompt[len(done):], loss_on == "all"), (reply, loss_on == "all" or weights[i] != 0)]
             done = prompt + reply
     except RowProblem:
         raise
@@ -53,13 +58,24 @@ def pieces(row: dict, tokenizer, loss_on: str, render=None) -> list[tuple[str, b
     return [(text, trained) for text, trained in out if text]
 
 
+def check_tool_support(messages: list[dict], tools, support: dict[str, bool]) -> None:
+    used = {"tools": bool(tools), "tool_calls": any(m.get("tool_calls") for m in messages),
+            "tool results": any(m["role"] == "tool" for m in messages)}
+    missing = [part for part, present in used.items() if present and not support[part]]
+    if missing:
+        raise RowProblem(f"the chat template does not render {' or '.join(missing)}, so they would be dropped "
+                         "from the training text; set model.chat_template: chatml-tools (or a template of your own "
+                         "with tool support)")
+
+
 def tokenize_rows(rows: list[dict], tokenizer, loss_on: str, max_length: int, truncate: bool) -> list[Tokenized]:
     cut: list[Optional[list[tuple[str, bool]]]] = []
     problems: list[Optional[str]] = []
     render = fast_renderer(tokenizer)
+    support = tool_support(render)
     for row in rows:
         try:
-            cut.append(pieces(row, tokenizer, loss_on, render))
+            cut.append(pieces(row, tokenizer, loss_on, render, support))
             problems.append(None)
         except RowProblem as problem:
             cut.append(None)

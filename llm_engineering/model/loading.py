@@ -11,12 +11,12 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from pydantic import BaseModel
 
-from llm_engineering.config import ModelConfig
+from llm_engineering.config import ModelConfig, TokenizerConfig
 from llm_engineering.data.templates import TemplateError, apply_template
 from llm_engineering.model.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
 
@@ -62,6 +62,19 @@ def checkpoint_location(cfg: ModelConfig) -> str:
     return cfg.name_or_path
 
 
+def checkpoint_stamp(cfg: ModelConfig) -> str:
+    """Names, sizes and mtimes of a local checkpoint's files ("" for the embedded model and hub ids, which the
+    revision pins): cheap enough to compute when a pipeline compiles, and changed by any rewrite of the weights."""
+    if cfg.source != "local":
+        return ""
+    path = Path(cfg.name_or_path).expanduser()
+    if not path.is_dir():
+        return ""  # the load step names the missing directory
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    stamp = "".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
 def display_name(cfg: ModelConfig) -> str:
     return EMBEDDED_MODEL_NAME if cfg.source == "embedded" else str(cfg.name_or_path)
 
@@ -102,7 +115,7 @@ def check_attention_backend(cfg: ModelConfig) -> None:
                              "has no backward on CPU); use sdpa or eager here")
 
 
-def load_tokenizer(cfg: ModelConfig):
+def load_tokenizer(cfg: Union[ModelConfig, TokenizerConfig]):
     from transformers import AutoTokenizer
 
     location = checkpoint_location(cfg)
