@@ -1,77 +1,151 @@
-"""Dataset-stage throughput and padding: our batched templating + masking vs per-row `apply_chat_template`.
+"""Dataset-stage scale: wall time, rows/s, peak RSS and Arrow cache size of `prepare` on real-looking chat JSONL.
 
-    python bench/data_pipeline.py [--rows 100000] [--batch-size 8] [--out bench/results/data_pipeline.json]
+    python bench/data_pipeline.py [--sizes 10000 100000 1000000] [--num-proc 2] [--baseline-ref c77171a]
+                                  [--out bench/results/data_pipeline.json]
 
-(1) rows/s of `prepare` (generate, normalise, validate, template, tokenize with the fast tokenizer in one batched
-call, mask, split) on N synthetic rows, next to the obvious per-row baseline: `tokenizer.apply_chat_template(messages,
-tokenize=True)` for every row, which masks nothing. (2) The share of padding in training batches of the default
-dataset, without packing and with TRL's best-fit packing into max_length sequences.
+Writes one JSONL of two-turn chat rows (system, user, assistant, user, assistant; a few hundred tokens each, varied
+words, seeded) per size, then runs `prepare` (read, normalise, validate, template, tokenize, mask, dedupe, split) on
+each in its own process, with a fresh datasets cache, so sizes do not share memory or cached work. Each process
+reports its wall time, its peak RSS above its own start (after imports and the tokenizer), the largest worker's
+peak RSS (num_proc > 1), and the size of the Arrow cache written. At 100k it also runs num_proc 1 for the speed-up.
+`--baseline-ref` runs the same sizes (up to 100k) with the dataset code of an earlier commit (a git worktree) for
+comparison. Run it alone on the machine: two processes on two cores slow each other about tenfold.
 """
 
 import argparse
 import json
+import os
 import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-import yaml
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("the model data train token answer question system user value table report order city river garden "
+         "window market engine signal network energy history science music paper letter family friend morning "
+         "evening summer winter number method result reason example problem support service account project "
+         "quickly carefully usually often never always because although therefore however meanwhile").split()
+
+
+def sentence(rng: random.Random, words: int) -> str:
+    text = " ".join(rng.choice(WORDS) for _ in range(words))
+    return text[0].upper() + text[1:] + rng.choice([".", "?", "!", ". Also, ü and é; “quoted”."])
+
+
+def chat_row(rng: random.Random) -> dict:
+    turn = lambda n: " ".join(sentence(rng, rng.randint(8, 16)) for _ in range(n))  # noqa: E731
+    return {"messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": turn(rng.randint(2, 4))},
+        {"role": "assistant", "content": turn(rng.randint(4, 8))},
+        {"role": "user", "content": turn(rng.randint(1, 3))},
+        {"role": "assistant", "content": turn(rng.randint(3, 6))},
+    ]}
+
+
+def write_jsonl(path: Path, rows: int) -> None:
+    rng = random.Random(0)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(rows):
+            f.write(json.dumps(chat_row(rng), ensure_ascii=False) + "\n")
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def child(path: str, num_proc: int) -> None:
+    """One measurement, in its own process (the caller set HF_DATASETS_CACHE and the code on PYTHONPATH)."""
+    from llm_engineering.config import DataConfig, ModelConfig
+    from llm_engineering.data.prepare import prepare
+    from llm_engineering.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig())
+    fields = DataConfig.model_fields
+    cfg = DataConfig(source="file", path=path, eval_rows=100, **({"num_proc": num_proc} if "num_proc" in fields else {}))
+    start_kib = status_kib("VmRSS")
+    start = time.perf_counter()
+    data = prepare(cfg, tokenizer, 2048)
+    seconds = time.perf_counter() - start
+    rows = data.report.rows_read
+    print(json.dumps({
+        "rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+        "peak_rss_above_start_gib": round((status_kib("VmHWM") - start_kib) / 2**20, 3),
+        "largest_worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3),
+        "train_tokens_mean": data.report.stats.get("train_tokens_mean"),
+    }))
+
+
+def measure(path: Path, num_proc: int, code: Path) -> dict:
+    cache = Path(tempfile.mkdtemp(prefix="bench-datasets-cache-"))
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, __file__, "--child", str(path), "--num-proc", str(num_proc)], cwd=code,
+                          env=env, capture_output=True, text=True)
+    cache_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    shutil.rmtree(cache, ignore_errors=True)
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "arrow_cache_gib": round(cache_bytes / 2**30, 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--baseline-ref", default=None, help="also measure this commit's dataset code (<= 100k rows)")
     parser.add_argument("--out", default="bench/results/data_pipeline.json")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.num_proc)
 
-    from datasets import Dataset
-    from trl import pack_dataset
+    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    variants = []  # (label, code dir, num_proc, sizes)
+    if args.baseline_ref:
+        old = work / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.baseline_ref], cwd=ROOT, check=True,
+                       capture_output=True)
+        variants.append((f"before ({args.baseline_ref})", old, 1, [s for s in args.sizes if s <= 100_000]))
+    variants.append((f"ours, num_proc {args.num_proc}", ROOT, args.num_proc, args.sizes))
+    if 100_000 in args.sizes and args.num_proc > 1:
+        variants.append(("ours, num_proc 1", ROOT, 1, [100_000]))
 
-    from llm_engineering.config import DataConfig, load_run_config_file
-    from llm_engineering.data.prepare import prepare
-    from llm_engineering.data.stats import padding_fraction
-    from llm_engineering.data.synthetic import booking_rows
-    from llm_engineering.model.loading import load_tokenizer
+    results = []
+    try:
+        for size in sorted(args.sizes):
+            path = work / f"chat-{size}.jsonl"
+            write_jsonl(path, size)
+            for label, code, num_proc, sizes in variants:
+                if size in sizes:
+                    result = {"variant": label, "num_proc": num_proc, "file_gib": round(path.stat().st_size / 2**30, 3),
+                              **measure(path, num_proc, code)}
+                    results.append(result)
+                    print(json.dumps(result), flush=True)
+            path.unlink()
+    finally:
+        if args.baseline_ref:
+            subprocess.run(["git", "worktree", "remove", "--force", str(work / "baseline")], cwd=ROOT)
+        shutil.rmtree(work, ignore_errors=True)
 
-    run = load_run_config_file(args.config)
-    tokenizer = load_tokenizer(run.model)
-    big = DataConfig(num_rows=args.rows, eval_rows=100)
-
-    start = time.perf_counter()
-    rows = booking_rows(args.rows, 42)
-    baseline = [tokenizer.apply_chat_template(r["messages"], tokenize=True) for r in rows]
-    baseline_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ours = prepare(big, tokenizer, run.train.max_length)
-    ours_s = time.perf_counter() - start
-    assert len(ours.train) + len(ours.eval) == len(baseline)
-
-    default = prepare(run.data, tokenizer, run.train.max_length)
-    lengths = [len(r["input_ids"]) for r in default.train]
-    packed = pack_dataset(Dataset.from_dict({"input_ids": [r["input_ids"] for r in default.train]}),
-                          run.train.max_length, strategy="bfd")
-    packed_lengths = [len(ids) for ids in packed["input_ids"]]
-
-    result = {
-        "machine": platform.processor() or platform.machine(),
-        "rows": args.rows,
-        "baseline_per_row_apply_chat_template": {"seconds": round(baseline_s, 2), "rows_per_s": round(args.rows / baseline_s)},
-        "ours_prepare_batched_with_masks": {"seconds": round(ours_s, 2), "rows_per_s": round(args.rows / ours_s)},
-        "default_dataset": {
-            "config": args.config, "train_rows": len(lengths), "batch_size": args.batch_size,
-            "max_length": run.train.max_length, "tokens_mean": round(sum(lengths) / len(lengths), 1),
-            "padding_fraction_unpacked": round(padding_fraction(lengths, args.batch_size), 4),
-            "packed_sequences": len(packed_lengths),
-            "padding_fraction_packed": round(padding_fraction(packed_lengths, args.batch_size), 4),
-        },
-    }
-    print(f"{'path':<42}{'seconds':>10}{'rows/s':>10}")
-    for name in ("baseline_per_row_apply_chat_template", "ours_prepare_batched_with_masks"):
-        print(f"{name:<42}{result[name]['seconds']:>10}{result[name]['rows_per_s']:>10}")
-    print(yaml.safe_dump({"default_dataset": result["default_dataset"]}, sort_keys=False))
+    print(f"\n{'variant':<24}{'rows':>9}{'seconds':>9}{'rows/s':>8}{'RSS GiB':>9}{'worker GiB':>11}{'cache GiB':>10}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['variant']:<24} failed: {r['error'][-200:]}")
+            continue
+        print(f"{r['variant']:<24}{r['rows']:>9}{r['seconds']:>9}{r['rows_per_s']:>8}"
+              f"{r['peak_rss_above_start_gib']:>9}{r['largest_worker_peak_rss_gib']:>11}{r['arrow_cache_gib']:>10}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                          "cores": os.cpu_count(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,10 @@ class DataConfig(_Section):
         if self.sources is not None:
             if not self.sources:
                 raise ValueError("data.sources must list at least one source")
-            set_here = sorted(k for k in SOURCE_KEYS if k in self.model_fields_set)
+            # by value, not by fields set: ZenML hands the config back as a full dump, defaults included
+            fields = type(self).model_fields
+            set_here = sorted(k for k in SOURCE_KEYS
+                              if getattr(self, k) != fields[k].get_default(call_default_factory=True))
             if set_here:
                 raise ValueError(f"data.sources is set, so {set_here} belong inside each source, not at data level")
             weighted = [s.weight is not None for s in self.sources]

@@ -1,0 +1,96 @@
+"""The dataset step inside real `zenml pipeline run`s: an edited data file is read again (ZenML's cache key sees
+parameters, not file contents), an unchanged one comes from the cache, and the shipped mixture and tool-calling
+configs run end to end (their data sections as shipped, on the tiny model)."""
+
+import json
+
+import pytest
+from zenml.client import Client
+from zenml.enums import ExecutionStatus
+
+from llm_engineering.data.synthetic import booking_rows
+from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, tiny_parameters, write_config
+
+ZENML_MODEL = {"name": "tiny-data", "license": "apache-2.0"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data-repo")
+    setup_repo(root)
+    return root
+
+
+def parameters(tiny_model_dir, data: dict) -> dict:
+    params = tiny_parameters(tiny_model_dir)
+    params["data"] = data
+    params["train"].update(max_steps=2, eval_steps=2, checkpoint_steps=None)
+    params["export"]["registered_model_name"] = None
+    return params
+
+
+def last_steps(root, monkeypatch):
+    monkeypatch.chdir(root)
+    return Client().get_pipeline("finetune").last_run.steps
+
+
+def trained_answers(steps) -> set[str]:
+    rows = steps["load_dataset"].outputs["train_dataset"][0].load()
+    return {r["messages"][-1]["content"] for r in rows}
+
+
+def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_cache(repo, tiny_model_dir,
+                                                                                     monkeypatch):
+    data = repo / "my-data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in booking_rows(24, seed=1)))
+    config = write_config(repo / "file.yaml", parameters(tiny_model_dir, {"source": "file", "path": str(data),
+                                                                          "eval_rows": 4}), model=ZENML_MODEL)
+    first = run_pipeline(repo, config)
+    assert first.returncode == 0, first.stderr[-5000:]
+    before = trained_answers(last_steps(repo, monkeypatch))
+
+    edited = booking_rows(24, seed=1)
+    for row in edited:  # every answer changes, as a user fixing their labels would
+        row["messages"][-1]["content"] = row["messages"][-1]["content"].replace('"name"', '"guest"')
+    data.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    second = run_pipeline(repo, config)
+    assert second.returncode == 0, second.stderr[-5000:]
+    steps = last_steps(repo, monkeypatch)
+    assert steps["load_dataset"].status == ExecutionStatus.COMPLETED
+    assert steps["load_base_model"].status == ExecutionStatus.CACHED
+    after = trained_answers(steps)
+    assert after and not after & before and all('"guest"' in answer for answer in after)
+
+    third = run_pipeline(repo, config)
+    assert third.returncode == 0, third.stderr[-5000:]
+    steps = last_steps(repo, monkeypatch)
+    assert steps["load_dataset"].status == ExecutionStatus.CACHED
+    assert trained_answers(steps) == after
+
+
+@pytest.mark.parametrize("name", ["data_mixture", "data_tools"])
+def test_the_shipped_mixture_and_tool_configs_run_end_to_end(repo, tiny_model_dir, monkeypatch, name):
+    import yaml
+
+    shipped = yaml.safe_load((PROJECT / "configs" / f"{name}.yaml").read_text())["parameters"]["config"]
+    data = shipped["data"]
+    for source in data.get("sources", [data]):  # the sample files, wherever the test repo is
+        if source.get("path"):
+            source["path"] = str(PROJECT / source["path"])
+    params = parameters(tiny_model_dir, data)
+    params["model"]["chat_template"] = shipped["model"].get("chat_template", "tokenizer")
+    params["train"]["max_length"] = shipped["train"]["max_length"]
+    params["eval"]["metric"] = shipped["eval"]["metric"]
+    done = run_pipeline(repo, write_config(repo / f"{name}.yaml", params, model=ZENML_MODEL))
+    assert done.returncode == 0, done.stderr[-5000:]
+    steps = last_steps(repo, monkeypatch)
+    assert all(step.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED) for step in steps.values())
+    meta = steps["load_dataset"].run_metadata
+    assert meta["rows_invalid"] == 0 and meta["train_rows"] > 0
+    if name == "data_mixture":
+        assert [s["rows_read"] for s in meta["sources"]] == [240, 60, 60]
+        assert meta["duplicate_rows"] == meta["rows_deduped"] == 30
+    else:
+        rows = steps["load_dataset"].outputs["train_dataset"][0].load()
+        assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"
+    assert steps["export_model"].run_metadata["finetuned_" + params["eval"]["metric"]] >= 0
