@@ -40,5 +40,7 @@ def scratch_output(prefix: str) -> Iterator[Path]:
 
 
 def first_rows(dataset, n: int) -> list[dict]:
-    """The first `n` rows of a `datasets.Dataset` as dicts (a slice: the whole split is never copied to Python)."""
+    """The first `n` rows of a `datasets.Dataset` (or a list) as dicts: a slice, the split is never copied whole."""
+    if isinstance(dataset, list):
+        return dataset[:n]
     return dataset.select(range(min(n, len(dataset)))).to_list()

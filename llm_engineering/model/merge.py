@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from llm_engineering.artifacts import first_rows
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.data.templates import row_text
 from llm_engineering.model.loading import DTYPES, load_model, load_tokenizer
@@ -106,7 +107,8 @@ def merge_adapter(
     """Merge, check fidelity, save the merged model (in `cfg.dtype`, safetensors) with its tokenizer to `output_dir`."""
     tokenizer = load_tokenizer(model_cfg)
     tokenizer.padding_side = "right"
-    texts = [row_text(tokenizer, r) for r in fidelity_rows[: cfg.fidelity_prompts]]
+    rows = first_rows(fidelity_rows, cfg.fidelity_prompts)  # a list or the step's datasets.Dataset
+    texts = [row_text(tokenizer, r) for r in rows]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     merge = _merge_streamed if cfg.method == "streamed" else _merge_in_memory
