@@ -126,7 +126,9 @@ class DataConfig(_Section):
         if self.sources is not None:
             return list(self.sources)
         try:
-            return [SourceConfig(**{k: getattr(self, k) for k in SOURCE_KEYS}, num_rows=self.num_rows)]
+            # a stream is cut at the source (the rest is never downloaded); files are capped after the shuffle
+            cap = self.max_rows if self.streaming else None
+            return [SourceConfig(**{k: getattr(self, k) for k in SOURCE_KEYS}, num_rows=self.num_rows, max_rows=cap)]
         except ValidationError as exc:
             # the same rules, worded with the data-level key names the user wrote
             raise ValueError("; ".join(e["msg"].removeprefix("Value error, ").replace("needs ", "needs data.")

@@ -200,3 +200,26 @@ def test_the_dataset_step_rows_are_arrow_and_a_rerun_reuses_the_datasets_cache(t
     edited = prepare(cfg, tokenizer, 256)
     assert edited.report.fingerprint != first.report.fingerprint
     assert not files & {f["filename"] for f in edited.train.cache_files}
+
+
+def test_a_streamed_hub_dataset_takes_only_max_rows(tokenizer, monkeypatch):
+    """Up to the network: `streaming: true` asks `datasets` for an IterableDataset and reads max_rows rows of it
+    (here the stream is a local file, read lazily: counting what was pulled shows nothing past max_rows was read)."""
+    import datasets
+
+    pulled = []
+
+    def rows():
+        for i, row in enumerate(booking_rows(500, seed=6)):
+            pulled.append(i)
+            yield row
+
+    def streamed(hub_id, name=None, split=None, revision=None, streaming=False):
+        assert streaming and hub_id == "org/huge-chat"
+        return datasets.IterableDataset.from_generator(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", streamed)
+    cfg = DataConfig(source="hub", hub_id="org/huge-chat", streaming=True, max_rows=30, eval_rows=5)
+    data = prepare(cfg, tokenizer, 256)
+    assert data.report.rows_read == 30 and data.report.train_rows == 25
+    assert len(pulled) <= 31  # the stream was not read to its end

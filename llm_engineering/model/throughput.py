@@ -8,6 +8,7 @@ FLOPs are left out, as in the usual 6·N convention for full fine-tuning.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -24,17 +25,21 @@ def parameter_count(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def matmul_peak_gflops(dtype: torch.dtype, sizes: tuple[int, ...] = (), trials: int = 3) -> float:
-    """Best GFLOP/s of square matmuls on this device (the best of `trials` timings of each size)."""
+@functools.lru_cache(maxsize=None)  # the machine's peak does not change within a process
+def matmul_peak_gflops(dtype: torch.dtype, sizes: tuple[int, ...] = (), trials: int = 3,
+                       budget_s: float = 2.0) -> float:
+    """Best GFLOP/s of square matmuls on this device (the best of `trials` timings of each size), in about
+    `budget_s`. A 256² probe first says how fast products are here; a size whose repeats would not fit is halved
+    until they do: on a CPU without native bf16 (AMD EPYC without AVX-512 BF16) one 2048² bf16 product took 48 s,
+    and the fixed repeat count made this measurement take minutes per training run."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    best = 0.0
-    for n in sizes or ((4096, 8192) if cuda else (1024, 2048)):
+
+    def timed(n: int, repeats: int) -> float:
         a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-        repeats = max(3, int(2e11 / (2 * n**3))) if cuda else 4
-        for _ in range(2):
-            a @ b
+        a @ b  # warm-up
+        best = 0.0
         for _ in range(trials):  # the peak, not a noisy neighbour's share of it
             sync()
             start = time.perf_counter()
@@ -42,6 +47,15 @@ def matmul_peak_gflops(dtype: torch.dtype, sizes: tuple[int, ...] = (), trials: 
                 a @ b
             sync()
             best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+        return best
+
+    probe = timed(256, 1)
+    best = probe
+    for n in sizes or ((4096, 8192) if cuda else (1024, 2048)):
+        repeats = max(3, int(2e11 / (2 * n**3))) if cuda else 4
+        while n > 256 and (trials * repeats + 1) * 2 * n**3 / (probe * 1e9) > budget_s:
+            n //= 2
+        best = max(best, timed(n, repeats))
     return best
 
 
