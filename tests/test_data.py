@@ -194,9 +194,11 @@ def test_hub_rows_go_through_the_same_formats(tokenizer, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("data_*.yaml")), ids=lambda p: p.stem)
-def test_shipped_format_configs_prepare_their_sample_data(config, tokenizer):
+def test_shipped_format_configs_prepare_their_sample_data(config):
+    from llm_engineering.model.loading import load_tokenizer
+
     run = load_run_config_file(config)
-    data = prepare(run.data, tokenizer, run.train.max_length)
+    data = prepare(run.data, load_tokenizer(run.model.tokenizer), run.train.max_length)  # with the config's template
     assert data.report.rows_invalid == 0 and data.report.train_rows > 0
 
 
