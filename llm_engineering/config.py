@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Dtype = Literal["float32", "bfloat16", "float16"]
+# auto: bfloat16 where the hardware computes it natively (CUDA, AVX-512 BF16 / AMX CPUs), else float32
+ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class ConfigError(ValueError):
@@ -141,7 +142,7 @@ class QuantizationConfig(_Section):
     method: Literal["none", "4bit", "8bit"] = "none"
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
-    compute_dtype: Dtype = "bfloat16"
+    compute_dtype: ComputeDtype = "auto"
     # Storage dtype of the packed 4-bit weights: uint8 by default; the compute dtype for FSDP-sharded QLoRA.
     quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
@@ -162,7 +163,8 @@ class ModelConfig(_Section):
     source: Literal["embedded", "local", "hub"] = "embedded"
     name_or_path: Optional[str] = Field(None, description="local checkpoint dir (local) or hub model id (hub)")
     revision: Optional[str] = None
-    dtype: Dtype = Field("bfloat16", description="dtype of the unquantized weights")
+    dtype: ComputeDtype = Field("auto", description="dtype of the unquantized weights (auto: bfloat16 where it is "
+                                                     "native, else float32)")
     # flex_attention (CUDA) and flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
     trust_remote_code: bool = False
@@ -273,7 +275,8 @@ class MergeConfig(_Section):
     # in_memory: PEFT merge_and_unload on the whole fp32 model. streamed: shard by shard (peak memory ~ one shard),
     # bit-identical weights; its fidelity check compares the model as trained with the merged one in `dtype`.
     method: Literal["in_memory", "streamed"] = "in_memory"
-    dtype: Dtype = Field("bfloat16", description="dtype of the saved merged weights (the arithmetic is fp32)")
+    dtype: ComputeDtype = Field("auto", description="dtype of the saved merged weights (the arithmetic is fp32); "
+                                                     "auto: the one training computed in")
     fidelity_prompts: int = Field(4, gt=0, description="eval prompts used to compare merged vs adapter logits")
     max_logit_diff: float = Field(1e-3, gt=0, description="fail the run before export above this max |Δlogit|")
 

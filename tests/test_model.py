@@ -158,7 +158,7 @@ def test_export_is_complete_sharded_and_reproduces_the_merged_logits(merged, tmp
     assert "| finetuned_json_exact_match | 1 |" in (out / "README.md").read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial directories left
 
-    _, _, max_diff = verify_export(out, model, split.eval[:2])
+    _, _, max_diff = verify_export(out, model, split.eval.to_list()[:2])
     assert max_diff == 0.0  # same weights, same dtype: bit-identical logits
     with pytest.raises(ExportError, match="already exists and export.overwrite is false"):
         write_export(model, tokenizer, out, card, overwrite=False)

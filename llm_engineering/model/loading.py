@@ -18,11 +18,11 @@ from pydantic import BaseModel
 
 from llm_engineering.config import ModelConfig, TokenizerConfig
 from llm_engineering.data.templates import TemplateError, apply_template
+from llm_engineering.model.precision import DTYPES, torch_dtype  # noqa: F401  (DTYPES: re-exported)
 from llm_engineering.model.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelLoadError(ValueError):
@@ -89,8 +89,8 @@ def bnb_config(cfg: ModelConfig):
             load_in_4bit=True,
             bnb_4bit_quant_type=q.quant_type,
             bnb_4bit_use_double_quant=q.double_quant,
-            bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
-            bnb_4bit_quant_storage=torch.uint8 if q.quant_storage == "uint8" else DTYPES[q.quant_storage],
+            bnb_4bit_compute_dtype=torch_dtype(q.compute_dtype),
+            bnb_4bit_quant_storage=torch.uint8 if q.quant_storage == "uint8" else torch_dtype(q.quant_storage),
         )
     if q.method == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -140,15 +140,15 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
     if cfg.allow_pickle_weights:
         logger.warning("allow_pickle_weights=True: pickled weights of %s may run code when loaded", display_name(cfg))
     quantization = bnb_config(cfg) if quantize else None
-    torch_dtype = DTYPES[dtype or cfg.dtype]
+    weights_dtype = torch_dtype(dtype or cfg.dtype)
     if quantization is not None and getattr(quantization, "load_in_4bit", False):
-        torch_dtype = DTYPES[cfg.quantization.compute_dtype]  # dtype of the layers bitsandbytes leaves unquantized
+        weights_dtype = torch_dtype(cfg.quantization.compute_dtype)  # dtype of the layers bitsandbytes leaves unquantized
     device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             checkpoint_location(cfg),
             revision=cfg.revision,
-            dtype=torch_dtype,
+            dtype=weights_dtype,
             quantization_config=quantization,
             device_map=device_map,
             # flex attention is switched on for training only (training.flex_attention_while_training)
@@ -193,7 +193,7 @@ def load_base(cfg: ModelConfig):
         weights_sha256=weights_sha256(location),
         num_parameters=model.num_parameters(),
         footprint_bytes=model.get_memory_footprint(),
-        unquantized_bytes=model.num_parameters() * DTYPES[cfg.dtype].itemsize,
+        unquantized_bytes=model.num_parameters() * torch_dtype(cfg.dtype).itemsize,
         load_seconds=round(seconds, 3),
     )
     return model, tokenizer, ref

@@ -19,7 +19,8 @@ import torch
 from llm_engineering.artifacts import first_rows
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.data.templates import row_text
-from llm_engineering.model.loading import DTYPES, load_model, load_tokenizer
+from llm_engineering.model.precision import resolve_dtype, torch_dtype
+from llm_engineering.model.loading import load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,16 @@ def trained_view(weight: torch.Tensor, model_cfg: ModelConfig) -> torch.Tensor:
     q = model_cfg.quantization
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where transformers would have quantized it
     if q.method == "4bit":
-        storage = torch.uint8 if q.quant_storage == "uint8" else DTYPES[q.quant_storage]
-        param = bnb.nn.Params4bit(weight.to(DTYPES[q.compute_dtype]), requires_grad=False, quant_type=q.quant_type,
+        storage = torch.uint8 if q.quant_storage == "uint8" else torch_dtype(q.quant_storage)
+        compute = torch_dtype(q.compute_dtype)
+        param = bnb.nn.Params4bit(weight.to(compute), requires_grad=False, quant_type=q.quant_type,
                                   compress_statistics=q.double_quant, quant_storage=storage).to(device)
         return bnb.functional.dequantize_4bit(param.data, param.quant_state).float().to(weight.device)
     if q.method == "8bit":
         cb, scb, _ = bnb.functional.int8_vectorwise_quant(
-            weight.to(DTYPES[model_cfg.dtype]).contiguous().to(device=device, dtype=torch.float16))
+            weight.to(torch_dtype(model_cfg.dtype)).contiguous().to(device=device, dtype=torch.float16))
         return bnb.functional.int8_vectorwise_dequant(cb, scb).float().to(weight.device)
-    return weight.to(DTYPES[model_cfg.dtype]).float()
+    return weight.to(torch_dtype(model_cfg.dtype)).float()
 
 
 def load_fp32_base(model_cfg: ModelConfig, cfg: MergeConfig):
@@ -126,8 +128,8 @@ def _merge_in_memory(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> Fi
     reference = _logits(peft_model, batch)
     merged = peft_model.merge_and_unload()
     report = fidelity_report(reference, _logits(merged, batch), mask, cfg, "fp32 adapter model vs fp32 merged model")
-    merged = merged.to(DTYPES[cfg.dtype])
-    merged.config.dtype = cfg.dtype
+    merged = merged.to(torch_dtype(cfg.dtype))
+    merged.config.dtype = resolve_dtype(cfg.dtype)
     merged.save_pretrained(output_dir, safe_serialization=True)
     return report
 
@@ -146,7 +148,7 @@ def _merge_streamed(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> Fid
     reference = _logits(trained, batch)
     del trained
     streamed_merge(model_cfg, cfg, adapter_dir, output_dir)
-    merged = AutoModelForCausalLM.from_pretrained(output_dir, dtype=DTYPES[cfg.dtype], use_safetensors=True)
+    merged = AutoModelForCausalLM.from_pretrained(output_dir, dtype=torch_dtype(cfg.dtype), use_safetensors=True)
     try:
         return fidelity_report(reference, _logits(merged, batch), mask, cfg,
                                f"model as trained vs merged checkpoint in {cfg.dtype}")

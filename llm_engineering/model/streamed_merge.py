@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from llm_engineering.config import MergeConfig, ModelConfig
-from llm_engineering.model.loading import DTYPES, checkpoint_location
+from llm_engineering.model.precision import resolve_dtype, torch_dtype
+from llm_engineering.model.loading import checkpoint_location
 from llm_engineering.model.merge import trained_view
 
 INDEX = "model.safetensors.index.json"
@@ -91,7 +92,7 @@ def streamed_merge(model_cfg: ModelConfig, cfg: MergeConfig, adapter_dir: Path, 
     missing = set(deltas) - linear_weight_names(checkpoint)
     if missing:
         raise StreamedMergeError(f"adapter modules not in the checkpoint's linear layers: {sorted(missing)[:5]}")
-    out_dtype = DTYPES[cfg.dtype]
+    out_dtype = torch_dtype(cfg.dtype)
     output_dir.mkdir(parents=True, exist_ok=True)
     merged = round_tripped = total_bytes = 0
     shards = checkpoint_shards(checkpoint)
@@ -112,7 +113,7 @@ def streamed_merge(model_cfg: ModelConfig, cfg: MergeConfig, adapter_dir: Path, 
                 total_bytes += tensors[name].nbytes
         save_file(tensors, output_dir / shard, metadata=metadata or {"format": "pt"})
         del tensors
-    _copy_side_files(checkpoint, output_dir, cfg.dtype, total_bytes)
+    _copy_side_files(checkpoint, output_dir, resolve_dtype(cfg.dtype), total_bytes)
     return StreamedMergeStats(shards=len(shards), merged_tensors=merged, round_tripped_tensors=round_tripped)
 
 

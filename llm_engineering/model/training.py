@@ -23,6 +23,7 @@ import torch
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
 from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
 from llm_engineering.data.stats import padding_fraction
+from llm_engineering.model.precision import fast_bf16
 from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
@@ -71,11 +72,12 @@ class TrainResult:
 
 
 def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, bool]:
-    """(bf16, fp16) for the Trainer. "auto": bf16 where the hardware has it (CUDA bf16, or any CPU via autocast)."""
+    """(bf16, fp16) for the Trainer. "auto": bf16 where the hardware computes it natively (CUDA bf16, CPUs with
+    AVX-512 BF16 / AMX), fp16 on older GPUs, fp32 on other CPUs (where bf16 autocast is several times slower)."""
     if cfg.mixed_precision == "auto":
         if torch.cuda.is_available():
             return (torch.cuda.is_bf16_supported(), not torch.cuda.is_bf16_supported())
-        return (True, False)
+        return (fast_bf16(), False)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         # accelerate silently skips fp16 autocast on CPU: refuse rather than train in a precision nobody asked for
         raise ValueError("train.mixed_precision=fp16 needs a GPU (on CPU it would silently run in fp32); "
