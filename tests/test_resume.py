@@ -33,7 +33,7 @@ def spec(tmp_path, model_cfg, name):
         "model": model_cfg.model_dump(), "adapter": adapter.model_dump(),
         "train": {"learning_rate": 2e-3, "max_steps": STEPS, "per_device_batch_size": 4, "logging_steps": 4,
                   "eval_steps": STEPS, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": EVERY},
-        "initial": str(initial), "train_rows": split.train, "eval_rows": split.eval,
+        "initial": str(initial), "train_rows": split.train.to_list(), "eval_rows": split.eval.to_list(),
         "output": str(tmp_path / name / "adapter"), "checkpoints": str(tmp_path / name / "checkpoints"),
     }))
     return path

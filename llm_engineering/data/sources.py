@@ -130,9 +130,18 @@ def files_digest(files: list[Path]) -> str:
 
 
 def inputs_digest(sources: list[SourceConfig]) -> str:
-    """The content digest of every local file the sources read ("" when none): a cache key part for the step."""
-    files = [f for s in sources if s.source == "file" for f in resolve_files(s.path)]
-    return files_digest(files) if files else ""
+    """The content digest of every local file the sources read ("" when none): a cache key part for the step.
+    A path missing here (data that only exists where the step runs, e.g. a mounted volume on a remote GPU) keys on
+    its name; the dataset step names it if it is missing there too."""
+    parts = []
+    for src in sources:
+        if src.source != "file":
+            continue
+        try:
+            parts.append(files_digest(resolve_files(src.path)))
+        except DataError as missing:
+            parts.append(f"unreadable here: {missing}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else ""
 
 
 def _open_text(path: Path) -> IO[str]:
