@@ -37,15 +37,16 @@ def require_schedulable() -> None:
             "stack (docs/cloud.md), then create the schedule again.")
 
 
-def create(schedule_file: Path) -> None:
+def create(schedule_file: Path, pipeline: str = "pipelines.finetune.finetune") -> None:
+    """Schedule `pipeline` (its source path, as `zenml pipeline run` takes it: the library does not import
+    pipelines/) with the run config the schedule file names."""
     spec, run_config = load_schedule_file(schedule_file)  # before anything is registered or compiled
     require_schedulable()
     from zenml.config.schedule import Schedule
-
-    from pipelines.finetune import finetune
+    from zenml.utils import source_utils
 
     schedule = Schedule(name=spec.schedule.name, cron_expression=spec.schedule.cron_expression)
-    finetune.with_options(config_path=str(run_config), schedule=schedule)()
+    source_utils.load(pipeline).with_options(config_path=str(run_config), schedule=schedule)()
     print(f"schedule {spec.schedule.name} created: {spec.schedule.cron_expression}, {run_config}")
 
 
@@ -72,7 +73,9 @@ def delete(name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("create").add_argument("schedule_file", type=Path)
+    creator = commands.add_parser("create")
+    creator.add_argument("schedule_file", type=Path)
+    creator.add_argument("--pipeline", default="pipelines.finetune.finetune", help="the pipeline's source path")
     commands.add_parser("list")
     updater = commands.add_parser("update")
     updater.add_argument("name")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "create":
-            create(args.schedule_file)
+            create(args.schedule_file, args.pipeline)
         elif args.command == "list":
             list_schedules()
         elif args.command == "update":
