@@ -29,11 +29,8 @@ class _Section(BaseModel):
 DATA_FORMATS = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
 CANONICAL_COLUMNS = {"messages", "conversations", "instruction", "input", "output", "system", "prompt", "completion",
                      "text", "tools"}
-SOURCE_KEYS = ("source", "path", "hub_id", "hub_config", "hub_split", "hub_revision", "streaming", "format", "columns")
-
-
-class SourceConfig(_Section):
-    """One place rows come from, and how to read them (a `data.sources` entry, or the top-level data keys)."""
+class _SourceKeys(_Section):
+    """Where rows come from and how to read them: the keys a `data.sources` entry and the data section share."""
 
     source: Literal["synthetic", "file", "hub"] = "synthetic"
     path: Optional[str] = Field(None, description="a JSONL/JSON/CSV/Parquet file (optionally .gz/.zst), a directory "
@@ -46,6 +43,14 @@ class SourceConfig(_Section):
     format: DATA_FORMATS = Field("auto", description="auto: detected from the columns of the first row")
     columns: dict[str, str] = Field({}, description="canonical field -> this dataset's column, e.g. "
                                                    "{instruction: question, output: answer}")
+
+
+SOURCE_KEYS = tuple(_SourceKeys.model_fields)
+
+
+class SourceConfig(_SourceKeys):
+    """One place rows come from, and how to read them (a `data.sources` entry, or the top-level data keys)."""
+
     max_rows: Optional[int] = Field(None, gt=0, description="keep at most this many rows of this source (seeded)")
     weight: Optional[float] = Field(None, gt=0, description="mixtures: share of the training rows drawn from this "
                                                             "source (relative to the other weights)")
@@ -74,23 +79,12 @@ class SourceConfig(_Section):
         return f"hub:{self.hub_id}" if self.source == "hub" else "synthetic task"
 
 
-class DataConfig(_Section):
+class DataConfig(_SourceKeys):
     """Where the training rows come from, their format, how bad rows are handled and which tokens are trained.
 
     One source is given by the top-level keys (source, path, hub_id, format, columns, ...); a mixture by `sources`,
     a list of the same keys per source plus `max_rows` / `weight`."""
 
-    source: Literal["synthetic", "file", "hub"] = "synthetic"
-    path: Optional[str] = Field(None, description="a JSONL/JSON/CSV/Parquet file (optionally .gz/.zst), a directory "
-                                                  "or a glob of them (source=file)")
-    hub_id: Optional[str] = Field(None, description="Hugging Face dataset id (source=hub)")
-    hub_config: Optional[str] = None
-    hub_split: str = "train"
-    hub_revision: Optional[str] = None
-    streaming: bool = Field(False, description="hub: read an IterableDataset and take max_rows rows")
-    format: DATA_FORMATS = Field("auto", description="auto: detected from the columns of the first row")
-    columns: dict[str, str] = Field({}, description="canonical field -> this dataset's column, e.g. "
-                                                   "{instruction: question, output: answer}")
     sources: Optional[list[SourceConfig]] = Field(None, description="a mixture: several sources in one training set")
     on_invalid: Literal["error", "skip"] = Field("error", description="error: stop before loading the model; "
                                                                      "skip: drop bad rows, count and log them")
