@@ -1,10 +1,15 @@
 """Shared fixtures: offline mode, and a tiny random-init Llama with the real SmolLM2 tokenizer (seconds to train)."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # One throw-away ZenML store for the whole session, set before anything imports zenml (its config is a singleton).
 os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="zenml-config-")
+# And one datasets cache: a warm cache from an earlier run must not decide whether a test passes.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")

@@ -193,6 +193,28 @@ def test_hub_rows_go_through_the_same_formats(tokenizer, tmp_path, monkeypatch):
     assert data.report.format == "sharegpt" and data.report.rows_read == 60
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["download", "streaming"])
+def test_a_new_revision_of_a_hub_dataset_is_read_again(tokenizer, tmp_path, monkeypatch, streaming):
+    """The hub's head moves: the second run, after the dataset gained rows, trains on the new rows, not a cached
+    copy of the old ones (datasets re-resolves the revision on each load; we must not cache over it)."""
+    import datasets
+
+    real = datasets.load_dataset
+    head = tmp_path / "head.jsonl"
+    rows = [json.loads(line) for line in (SAMPLES / "messages.jsonl").read_text().splitlines()]
+
+    def from_head(hub_id, name=None, split=None, revision=None, streaming=False):
+        return real("json", data_files=str(head), split="train", streaming=streaming)
+
+    monkeypatch.setattr(datasets, "load_dataset", from_head)
+    cfg = DataConfig(source="hub", hub_id="org/chat", streaming=streaming, max_rows=1000, eval_rows=2)
+    read = []
+    for count in (20, 30):
+        head.write_text("".join(json.dumps(row) + "\n" for row in rows[:count]))
+        read.append(prepare(cfg, tokenizer, 256).report.rows_read)
+    assert read == [20, 30]
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS.glob("data_*.yaml")), ids=lambda p: p.stem)
 def test_shipped_format_configs_prepare_their_sample_data(config):
     from llm_engineering.model.loading import load_tokenizer

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -44,9 +45,9 @@ class RawRows:
 
 def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRows:
     """The source's rows as Arrow (`row`, `location`); DataError for a missing, empty or unreadable source."""
-    from datasets import Dataset, Features, Value
+    from datasets import Dataset
 
-    features = Features({"row": Value("string"), "location": Value("string")})
+    fingerprint = None
     if src.source == "file":
         files = resolve_files(src.path)
         kwargs = {"paths": [str(f) for f in files], "digest": files_digest(files)}
@@ -54,12 +55,17 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
     elif src.source == "synthetic":
         kwargs = {"num_rows": src.num_rows, "seed": seed}
         generator = _synthetic_rows
+    elif not src.streaming:
+        return RawRows(_hub_dataset(src, code_digest), src.name)
     else:
         kwargs = {"hub": src.model_dump(mode="json")}
         generator = _hub_rows
+        if src.hub_revision is None:  # the stream's head moves: read it again rather than reuse an old copy
+            fingerprint = uuid.uuid4().hex
     kwargs["code"] = code_digest  # a changed reader is a different dataset (the generator is hashed by name)
     try:
-        dataset = Dataset.from_generator(generator, features=features, gen_kwargs=kwargs)
+        dataset = Dataset.from_generator(generator, features=raw_features(), gen_kwargs=kwargs,
+                                         fingerprint=fingerprint)
     except DataError:
         raise
     except Exception as exc:  # datasets wraps the generator's errors: surface ours, name the source otherwise
@@ -70,6 +76,12 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
     if len(dataset) == 0:
         raise DataError(f"{src.name}: no rows")
     return RawRows(dataset, src.name)
+
+
+def raw_features():
+    from datasets import Features, Value
+
+    return Features({"row": Value("string"), "location": Value("string")})
 
 
 def read_path(path) -> RawRows:
@@ -239,21 +251,43 @@ def _synthetic_rows(num_rows: int, seed: int, code: str) -> Iterator[dict]:
         yield {"row": json.dumps(row, ensure_ascii=False), "location": f"row {i}"}
 
 
-def _hub_rows(hub: dict, code: str) -> Iterator[dict]:
+def _load_hub(src: SourceConfig):
     import datasets
 
-    src = SourceConfig(**hub)
     try:
-        dataset = datasets.load_dataset(src.hub_id, name=src.hub_config, split=src.hub_split,
-                                        revision=src.hub_revision, streaming=src.streaming)
+        return datasets.load_dataset(src.hub_id, name=src.hub_config, split=src.hub_split,
+                                     revision=src.hub_revision, streaming=src.streaming)
     except Exception as exc:  # the hub raises many types (offline, 404, gated); name the dataset either way
         raise DataError(
             f"could not load hub dataset '{src.hub_id}' (config={src.hub_config}, split={src.hub_split}, "
             f"revision={src.hub_revision}): {type(exc).__name__}: {exc}"
         ) from exc
-    if src.streaming:
-        dataset = dataset.take(src.max_rows)  # only these rows are downloaded
-    for i, row in enumerate(dataset):
+
+
+def _hub_dataset(src: SourceConfig, code: str):
+    """A downloaded hub split as raw rows. `datasets` resolves the revision on every load and fingerprints what it
+    got, so the conversion is cached on that fingerprint: a new revision of the dataset is converted again."""
+    from datasets.fingerprint import Hasher
+
+    dataset = _load_hub(src)
+    if len(dataset) == 0:
+        raise DataError(f"{src.name}: no rows")
+    split = src.hub_split
+    return dataset.map(
+        lambda batch, indices: {
+            "row": [json.dumps(dict(zip(batch, values)), ensure_ascii=False, default=str)
+                    for values in zip(*batch.values())],
+            "location": [f"{split} row {i}" for i in indices],
+        },
+        batched=True, with_indices=True, remove_columns=dataset.column_names, features=raw_features(),
+        new_fingerprint=Hasher.hash([dataset._fingerprint, split, code]), desc="hub rows",
+    )
+
+
+def _hub_rows(hub: dict, code: str) -> Iterator[dict]:
+    src = SourceConfig(**hub)
+    stream = _load_hub(src).take(src.max_rows)  # only these rows are downloaded
+    for i, row in enumerate(stream):
         yield {"row": json.dumps(row, ensure_ascii=False, default=str), "location": f"{src.hub_split} row {i}"}
 
 
