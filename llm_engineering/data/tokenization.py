@@ -12,6 +12,8 @@ refused when the template would drop the tools, the calls or the results.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -82,7 +84,7 @@ def tokenize_rows(rows: list[dict], tokenizer, loss_on: str, max_length: int, tr
             problems.append(str(problem))
     texts = [text for row_pieces in cut if row_pieces for text, _ in row_pieces]
     # the Rust tokenizer directly: one parallel batch, without building Python BatchEncodings
-    ids = iter(e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False))
+    ids = iter(e.ids for e in plain_backend(tokenizer).encode_batch(texts, add_special_tokens=False))
     results = []
     for row_pieces, problem in zip(cut, problems):
         if row_pieces is None:
@@ -95,6 +97,18 @@ def tokenize_rows(rows: list[dict], tokenizer, loss_on: str, max_length: int, tr
             labels += piece_ids if trained else [IGNORE] * len(piece_ids)
         results.append(fit_length(input_ids, labels, max_length, truncate))
     return results
+
+
+def plain_backend(tokenizer):
+    """The Rust tokenizer without padding or truncation. transformers 5 leaves `padding=True` of an earlier call
+    enabled on the backend, and a batch encode would then pad every piece to the longest (pad tokens inside rows)."""
+    backend = tokenizer.backend_tokenizer
+    if backend.padding is None and backend.truncation is None:
+        return backend
+    backend = copy.deepcopy(backend)  # the caller's tokenizer stays as it is
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
 
 
 def fit_length(input_ids: list[int], labels: list[int], max_length: int, truncate: bool) -> Tokenized:

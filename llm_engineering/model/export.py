@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from llm_engineering.data.templates import row_text
+from llm_engineering.model.loading import save_tokenizer
 
 MANIFEST = "SHA256SUMS"
 ADAPTER_SUBDIR = "adapter"
@@ -124,7 +125,7 @@ def write_export(
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
         model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
         base_generation = model.generation_config.to_dict() if model.generation_config else {}
         (staging / "generation_config.json").write_text(json.dumps(generation_config(tokenizer, base_generation), indent=2))
         (staging / "README.md").write_text(card)

@@ -197,3 +197,14 @@ def load_base(cfg: ModelConfig):
         load_seconds=round(seconds, 3),
     )
     return model, tokenizer, ref
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """Save without the padding/truncation state earlier calls left on the Rust backend (transformers 5 keeps
+    `padding=True` enabled there, and it would be written to tokenizer.json: every user of the saved tokenizer would
+    get padded encodings without asking)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    tokenizer.save_pretrained(directory)

@@ -20,7 +20,7 @@ from llm_engineering.artifacts import first_rows
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.data.templates import row_text
 from llm_engineering.model.precision import resolve_dtype, torch_dtype
-from llm_engineering.model.loading import load_model, load_tokenizer
+from llm_engineering.model.loading import load_model, load_tokenizer, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def merge_adapter(
     mask = batch["attention_mask"].bool()
     merge = _merge_streamed if cfg.method == "streamed" else _merge_in_memory
     report = merge(model_cfg, cfg, adapter_dir, batch, mask, output_dir)
-    tokenizer.save_pretrained(output_dir)
+    save_tokenizer(tokenizer, output_dir)
     return report
 
 
