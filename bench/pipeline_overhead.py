@@ -27,7 +27,8 @@ BIN = Path(sys.executable).parent
 def bare(config_path: Path, output_dir: Path) -> None:
     from llm_engineering.config import load_run_config_file
     from llm_engineering.data.prepare import prepare
-    from llm_engineering.evaluation import evaluate_generation
+    from llm_engineering.evaluation import evaluate_checkpoint
+    from llm_engineering.evaluation.plan import check_evaluation
     from llm_engineering.model.adapter import inject_adapter, save_adapter
     from llm_engineering.model.export import load_exported, verify_export, write_export
     from llm_engineering.model.loading import load_base, load_model, load_tokenizer
@@ -44,15 +45,16 @@ def bare(config_path: Path, output_dir: Path) -> None:
     del peft_model
     train_adapter(cfg.model, cfg.adapter, cfg.train, work / "initial", data.train, data.eval, work / "trained")
     merge_adapter(cfg.model, cfg.merge, work / "trained", data.eval, work / "merged")
-    rows = data.eval[: cfg.eval.max_rows]
-    settings = (cfg.eval.metric, cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    base = evaluate_generation(load_model(cfg.model, quantize=False, dtype=cfg.merge.dtype), tokenizer, rows, *settings)
+    # the evaluate stage, twice, as the pipeline runs it
+    metric = check_evaluation(cfg)
+    scoring = (data.eval, cfg.eval, metric, cfg.merge.dtype, cfg.train.max_length)
+    base = evaluate_checkpoint(cfg.model, None, *scoring)
+    tuned = evaluate_checkpoint(cfg.model, work / "merged", *scoring)
     model, merged_tokenizer = load_exported(work / "merged")
-    tuned = evaluate_generation(model, merged_tokenizer, rows, *settings)
     out = write_export(model, merged_tokenizer, output_dir, "bare run", overwrite=True,
                        max_shard_size=cfg.export.max_shard_size, adapter_dir=work / "trained")
-    verify_export(out, model, rows[: cfg.export.verify_prompts])
-    print(f"base {base.score:.2f} -> fine-tuned {tuned.score:.2f}")
+    verify_export(out, model, data.eval.select(range(cfg.export.verify_prompts)).to_list())
+    print({**base.metrics, **tuned.metrics})
 
 
 def timed(command: list[str], cwd: Path, env: dict) -> float:

@@ -285,25 +285,82 @@ class ExportConfig(_Section):
     push_to_hub: Optional[str] = Field(None, description="Hugging Face repo id to upload the verified export to; "
                                                          "the token comes from the HF_TOKEN environment variable")
     hub_private: bool = True
-    registered_model_name: Optional[str] = Field("smollm2-booking", description="MLflow registry name; null: skip")
+    registered_model_name: Optional[str] = Field(
+        "auto", description="MLflow registry name; auto: the ZenML model's name (`model:` in the run config), else "
+                            "the export directory's name; null: do not register")
+
+    def registry_name(self, zenml_model: Optional[str] = None) -> Optional[str]:
+        if self.registered_model_name != "auto":
+            return self.registered_model_name
+        return zenml_model or Path(self.output_dir).name
+
+
+GENERATION_METRICS = ("exact_match", "json_exact_match", "json_valid", "rouge_l", "contains")
+LOWER_IS_BETTER = ("perplexity", "eval_loss", "regression_drop")
+
+
+class RegressionConfig(_Section):
+    """Did fine-tuning break general ability? The base and the fine-tuned model answer the same general questions;
+    `regression_drop` is how many more of them the fine-tune gets wrong (a share, 0..1)."""
+
+    builtin: bool = Field(True, description="the shipped probe set: short general questions the embedded base "
+                                            "model answers correctly")
+    file: Optional[str] = Field(None, description="your own probe file (any supported chat format), added to the set")
+    metric: Literal[GENERATION_METRICS] = "contains"
+    max_new_tokens: int = Field(32, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.builtin or bool(self.file)
+
+
+class HarnessConfig(_Section):
+    """Standard benchmarks through EleutherAI's lm-evaluation-harness (`pip install -e '.[harness]'`), on the merged
+    model; results are MLflow metrics `harness_<task>_<metric>`."""
+
+    tasks: list[str] = Field(default_factory=list, description="harness task names, e.g. [arc_easy, hellaswag] "
+                                                               "(they download from the hub), or local tasks")
+    include_path: Optional[str] = Field(None, description="a directory of your own task YAMLs (local data files)")
+    limit: Optional[int] = Field(None, gt=0, description="score at most this many documents per task")
+    num_fewshot: Optional[int] = Field(None, ge=0)
+    batch_size: int = Field(8, gt=0)
 
 
 class EvalConfig(_Section):
-    """Greedy generation on held-out rows, before and after fine-tuning."""
+    """Base vs fine-tuned on held-out rows (or `eval_file`): a task metric from greedy generation, perplexity, and the
+    regression probes."""
 
     max_rows: int = Field(40, gt=0)
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(20, gt=0)
-    metric: Literal["exact_match", "json_exact_match", "json_valid", "rouge_l"] = "json_exact_match"
+    metric: Literal[("auto",) + GENERATION_METRICS + ("perplexity",)] = Field(
+        "auto", description="auto: perplexity for plain-text data, json_exact_match for the synthetic task, rouge_l "
+                            "for other chat data")
+    eval_file: Optional[str] = Field(None, description="score on this file (any supported format) instead of the "
+                                                       "held-out split")
+    regression: RegressionConfig = RegressionConfig()
+    harness: HarnessConfig = HarnessConfig()
+
+    def metric_for(self, data_format: str, synthetic: bool = False) -> str:
+        """The task metric for data of this format (`data_format`: "text", "messages", ..., or "auto": not known)."""
+        if self.metric != "auto":
+            return self.metric
+        if data_format == "text":
+            return "perplexity"
+        return "json_exact_match" if synthetic else "rouge_l"
 
 
 class PromotionConfig(_Section):
     """The registry gate: a new version becomes `champion` only if it beats the current champion's metric by more
-    than `margin` (or there is no champion yet); otherwise it is registered as `challenger`."""
+    than `margin` (or there is no champion yet), it was evaluated on the same eval data, and it did not lose more of
+    the regression probes than `max_regression`; otherwise it is registered as `challenger`, with the reason."""
 
-    metric: Optional[str] = Field(None, description="an MLflow metric of the run; default: finetuned_<eval.metric>")
+    metric: Optional[str] = Field(None, description="an MLflow metric of the run; default: finetuned_<task metric>")
     margin: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
-    higher_is_better: bool = True
+    higher_is_better: Optional[bool] = Field(None, description="default: lower is better for perplexity, losses "
+                                                               "and regression_drop, higher for the rest")
+    max_regression: Optional[float] = Field(0.10, ge=0.0, le=1.0, description="never champion if regression_drop "
+                                                                              "exceeds this; null: no check")
 
 
 class RunConfig(_Section):
@@ -316,9 +373,21 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
 
-    @property
-    def promotion_metric(self) -> str:
-        return self.promotion.metric or f"finetuned_{self.eval.metric}"
+    def task_metric(self, data_format: str) -> str:
+        return self.eval.metric_for(data_format, synthetic=self.data.source_list()[0].source == "synthetic")
+
+    def promotion_metric(self, data_format: str) -> str:
+        return self.promotion.metric or f"finetuned_{self.task_metric(data_format)}"
+
+    def higher_is_better(self, metric: str) -> bool:
+        if self.promotion.higher_is_better is not None:
+            return self.promotion.higher_is_better
+        return not metric.endswith(LOWER_IS_BETTER)
+
+    def declared_format(self) -> str:
+        """The data format when every source declares the same one, else "auto" (known once the rows are read)."""
+        formats = {src.format for src in self.data.source_list()}
+        return formats.pop() if len(formats) == 1 else "auto"
 
     @model_validator(mode="after")
     def _sections_agree(self) -> "RunConfig":

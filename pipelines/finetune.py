@@ -1,4 +1,7 @@
-"""The fine-tuning DAG: load dataset -> load base model -> inject adapter -> SFT -> merge -> export.
+"""The fine-tuning DAG: load dataset -> load base model -> inject adapter -> SFT -> merge -> evaluate -> export.
+
+The evaluate step runs twice, on the base model and on the merged one, with the same settings: the base model's
+evaluation comes from the cache while the base model, the eval rows and the eval settings stay the same.
 
     zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
 
@@ -14,8 +17,10 @@ from zenml import pipeline
 
 from llm_engineering.config import load_run_config
 from llm_engineering.data.sources import inputs_digest
+from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.model.export import check_push_credentials, check_target
+from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
 from steps.load_base_model import load_base_model
@@ -29,6 +34,7 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)
+    task_metric = check_evaluation(cfg)
 
     # Cache keys see parameters, not file contents: the digests make an edited data file or checkpoint rerun its step.
     checkpoint = checkpoint_stamp(cfg.model)
@@ -50,6 +56,15 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     merged_model, merge_report = merge_adapter(
         base_model=base_model, trained_adapter=trained_adapter, eval_dataset=eval_dataset, merge_config=cfg.merge
     )
+    # With eval.eval_file the held-out split is not scored, so it stays out of the cache key (the files' digest is in)
+    scoring = dict(eval_dataset=None if cfg.eval.eval_file else eval_dataset, data_summary=data_summary,
+                   task_metric=task_metric, dtype=cfg.merge.dtype, max_length=cfg.train.max_length,
+                   files_digest=evaluation_files_digest(cfg.eval))
+    # the harness runs on the fine-tuned model only, so its settings stay out of the base evaluation's cache key
+    base_evaluation = evaluate_model(base_model=base_model, evaluation=cfg.eval.model_copy(update={"harness": {}}),
+                                     **scoring, id="evaluate_base")
+    finetuned_evaluation = evaluate_model(base_model=base_model, merged_model=merged_model, evaluation=cfg.eval,
+                                          **scoring, id="evaluate_finetuned")
     export_model(
         merged_model=merged_model,
         trained_adapter=trained_adapter,
@@ -58,7 +73,8 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
         data_summary=data_summary,
         training_metrics=training_metrics,
         merge_report=merge_report,
+        base_evaluation=base_evaluation,
+        finetuned_evaluation=finetuned_evaluation,
         export=cfg.export,
-        evaluation=cfg.eval,
         run_config=cfg.model_dump(mode="json"),
     )

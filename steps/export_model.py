@@ -7,16 +7,17 @@ from zenml import log_metadata, step
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows, CheckpointDir
-from llm_engineering.config import EvalConfig, ExportConfig, RunConfig, flatten
-from llm_engineering.evaluation import evaluate_generation
+from llm_engineering.config import ExportConfig, RunConfig, flatten
+from llm_engineering.evaluation import ModelEvaluation, compare
 from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
-from llm_engineering.model.loading import BaseModelRef, load_model, load_tokenizer
+from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.model_control_plane import (
     pipeline_run_tags,
     record_on_model_version,
     step_wall_seconds,
+    zenml_model_name,
 )
-from llm_engineering.promotion import gate_registered_version
+from llm_engineering.promotion import apply_decision, current_champion, decide
 
 
 @step(experiment_tracker=True, enable_cache=False)
@@ -28,38 +29,37 @@ def export_model(
     data_summary: dict[str, Any],
     training_metrics: dict[str, float],
     merge_report: dict[str, Any],
+    base_evaluation: dict[str, Any],
+    finetuned_evaluation: dict[str, Any],
     export: ExportConfig,
-    evaluation: EvalConfig,
     run_config: dict[str, Any],
 ) -> Tuple[Annotated[str, "export_dir"], Annotated[dict[str, Any], "evaluation_metrics"]]:
-    """Score base vs fine-tuned, write the servable directory atomically, verify it reloads, register it in MLflow,
-    and gate it: champion (ZenML stage production) only if it beats the current champion."""
+    """Write the servable directory atomically, verify it reloads, register it in MLflow, and gate it: champion
+    (ZenML stage production) only if it beats the current champion on the same eval data without regressing."""
     config = RunConfig.model_validate(run_config)
     tracking.set_tags(pipeline_run_tags())
-    rows = first_rows(eval_dataset, evaluation.max_rows)
+    base, tuned = ModelEvaluation(**base_evaluation), ModelEvaluation(**finetuned_evaluation)
+    evaluated, samples = compare(base, tuned)
+    metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))},
+               **evaluated}
+
+    # Everything the gate needs is read before anything is written or registered.
+    gate_metric = config.promotion_metric(data_summary["format"])
+    registry_name = export.registry_name(zenml_model_name())
+    champion = None
+    if registry_name:
+        if gate_metric not in metrics:
+            raise ValueError(f"promotion.metric {gate_metric!r} was not computed in this run, so the new version "
+                             f"cannot be gated; computed: {', '.join(sorted(metrics))}")
+        champion = current_champion(registry_name, gate_metric)
+
     model, tokenizer = load_exported(merged_model.path)
-    metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))}}
-    samples = []
-    if "messages" in eval_dataset.column_names:  # plain-text (continued pre-training) rows have no answer to score
-        settings = (evaluation.metric, evaluation.max_new_tokens, evaluation.batch_size)
-        base_weights = load_model(base_model.config, quantize=False, dtype=config.merge.dtype)
-        base = evaluate_generation(base_weights, load_tokenizer(base_model.config), rows, *settings)
-        del base_weights
-        tuned = evaluate_generation(model, tokenizer, rows, *settings)
-        metrics.update({**base.metrics("base"), **tuned.metrics("finetuned")})
-        samples = [{"prompt": b.prompt, "reference": b.reference, "base_output": b.output,
-                    "finetuned_output": t.output} for b, t in zip(base.samples, tuned.samples)]
-
-    gate_metric = config.promotion_metric
-    if export.registered_model_name and gate_metric not in metrics:  # before anything is written or registered
-        raise ValueError(f"promotion.metric {gate_metric!r} was not computed in this run, so the new version cannot be "
-                         f"gated; computed: {', '.join(sorted(metrics))}")
-
+    rows = first_rows(eval_dataset, export.verify_prompts)
     card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
     out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
                        max_shard_size=export.max_shard_size,
                        adapter_dir=trained_adapter.path if export.include_adapter else None)
-    exported, exported_tokenizer, reload_diff = verify_export(out, model, rows[: export.verify_prompts])
+    exported, exported_tokenizer, reload_diff = verify_export(out, model, rows)
     metrics["export_reload_max_abs_logit_diff"] = reload_diff
 
     tracking.log_params(flatten(config))
@@ -67,12 +67,14 @@ def export_model(
     tracking.log_text(card, "model_card.md")
     tracking.log_dict(run_config, "run_config.yaml")
     tracking.log_table(samples, "eval_samples.json")
-    registered = tracking.log_and_register_model(exported, exported_tokenizer, export.registered_model_name) or {}
+    registered = tracking.log_and_register_model(exported, exported_tokenizer, registry_name) or {}
     decision = None
     if registered.get("version"):
         gate = config.promotion
-        decision = gate_registered_version(export.registered_model_name, registered["version"], gate_metric,
-                                           metrics[gate_metric], gate.margin, gate.higher_is_better)
+        decision = decide(gate_metric, metrics[gate_metric], champion, gate.margin,
+                          config.higher_is_better(gate_metric), regression_drop=metrics.get("regression_drop"),
+                          max_regression=gate.max_regression, eval_fingerprint=tuned.eval_fingerprint)
+        apply_decision(registry_name, registered["version"], decision, tuned.eval_fingerprint)
         tracking.log_dict(decision.as_dict(), "promotion.json")
         tracking.log_metrics({"promotion_promoted": float(decision.promoted)})
         registered.update(promotion=decision.alias, promotion_reason=decision.reason)

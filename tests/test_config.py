@@ -4,7 +4,8 @@ import pytest
 
 from llm_engineering.config import ConfigError, RunConfig, flatten, load_run_config, load_run_config_file
 
-STEP_NAMES = {"load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"}
+STEP_NAMES = {"load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
+              "evaluate_finetuned", "export_model"}
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 
 

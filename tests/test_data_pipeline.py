@@ -68,8 +68,8 @@ def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_c
     assert trained_answers(steps) == after
 
 
-@pytest.mark.parametrize("name", ["data_mixture", "data_tools"])
-def test_the_shipped_mixture_and_tool_configs_run_end_to_end(repo, tiny_model_dir, monkeypatch, name):
+@pytest.mark.parametrize("name", ["data_mixture", "data_tools", "data_text"])
+def test_the_shipped_mixture_tool_and_text_configs_run_end_to_end(repo, tiny_model_dir, monkeypatch, name):
     import yaml
 
     shipped = yaml.safe_load((PROJECT / "configs" / f"{name}.yaml").read_text())["parameters"]["config"]
@@ -81,6 +81,7 @@ def test_the_shipped_mixture_and_tool_configs_run_end_to_end(repo, tiny_model_di
     params["model"]["chat_template"] = shipped["model"].get("chat_template", "tokenizer")
     params["train"]["max_length"] = shipped["train"]["max_length"]
     params["eval"]["metric"] = shipped["eval"]["metric"]
+    params["export"]["registered_model_name"] = f"tiny-{name}"  # and gated, on the config's own metric
     done = run_pipeline(repo, write_config(repo / f"{name}.yaml", params, model=ZENML_MODEL))
     assert done.returncode == 0, done.stderr[-5000:]
     steps = last_steps(repo, monkeypatch)
@@ -90,7 +91,12 @@ def test_the_shipped_mixture_and_tool_configs_run_end_to_end(repo, tiny_model_di
     if name == "data_mixture":
         assert [s["rows_read"] for s in meta["sources"]] == [240, 60, 60]
         assert meta["duplicate_rows"] == meta["rows_deduped"] == 30
-    else:
+    elif name == "data_tools":
         rows = steps["load_dataset"].outputs["train_dataset"][0].load()
         assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"
-    assert steps["export_model"].run_metadata["finetuned_" + params["eval"]["metric"]] >= 0
+    export = steps["export_model"].run_metadata
+    assert export["finetuned_" + params["eval"]["metric"]] >= 0
+    assert export["registered_model_name"] == f"tiny-{name}" and export["promotion"] == "champion"
+    if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
+        assert meta["format"] == "text" and export["finetuned_perplexity"] > 1
+        assert export["promotion_reason"] == "no champion yet"

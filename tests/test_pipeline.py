@@ -14,17 +14,28 @@ from llm_engineering.model.export import load_exported
 from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, tiny_parameters, write_config
 from tests.ui_helpers import chromium, mlflow_server
 
-STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "export_model"]
+STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
+         "evaluate_finetuned", "export_model"]
 
 
 ZENML_MODEL = {"name": "tiny-booking", "license": "apache-2.0"}
 
 
+def first_parameters(tiny_model_dir) -> dict:
+    """The module's first run: the tiny defaults plus a local lm-evaluation-harness task (data/harness)."""
+    parameters = tiny_parameters(tiny_model_dir)
+    parameters["eval"]["harness"] = {"tasks": ["general_mc"], "include_path": "data/harness", "limit": 8}
+    return parameters
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model_dir):
+    import shutil
+
     root = tmp_path_factory.mktemp("repo")
     uri = setup_repo(root)
-    config = write_config(root / "tiny.yaml", tiny_parameters(tiny_model_dir), model=ZENML_MODEL)
+    shutil.copytree(PROJECT / "data", root / "data")  # as in a clone: the task YAML names its file from the root
+    config = write_config(root / "tiny.yaml", first_parameters(tiny_model_dir), model=ZENML_MODEL)
     first = run_pipeline(root, config)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     return root, uri
@@ -34,7 +45,7 @@ def latest_run():
     return Client().get_pipeline("finetune").last_run
 
 
-def test_all_six_steps_ran_with_named_outputs_and_metadata(repo, monkeypatch):
+def test_every_step_ran_with_named_outputs_and_metadata(repo, monkeypatch):
     monkeypatch.chdir(repo[0])
     run = latest_run()
     assert run.status == ExecutionStatus.COMPLETED
@@ -65,8 +76,12 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     params, metrics = mlflow_run.data.params, mlflow_run.data.metrics
     assert params["adapter.r"] == "4" and params["model.quantization.method"] == "4bit"
     for name in ["train_loss", "train_learning_rate", "train_grad_norm", "eval_loss", "train_tokens_per_second",
-                 "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff"]:
+                 "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff",
+                 "base_perplexity", "finetuned_perplexity", "base_regression_score", "finetuned_regression_score",
+                 "regression_drop", "step_seconds_evaluate_base", "step_seconds_evaluate_finetuned"]:
         assert name in metrics, name
+    # lm-evaluation-harness on the merged model: the local task's accuracy over its 8 scored questions
+    assert 0 <= metrics["harness_general_mc_acc"] <= 1 and (metrics["harness_general_mc_acc"] * 8).is_integer()
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # one point per step
     throughput = client.get_metric_history(mlflow_run.info.run_id, "train_step_tokens_per_second")
     assert len(throughput) == 4 and all(point.value > 0 for point in throughput)
@@ -74,6 +89,12 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
     assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
     assert metrics["step_seconds_train_sft"] > 0 and "step_seconds_load_dataset" in metrics
+    # the eval table pairs base and fine-tuned outputs, task rows and regression probes alike
+    table = mlflow.artifacts.load_dict(f"{mlflow_run.info.artifact_uri}/eval_samples.json")
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+    assert {row["set"] for row in rows} == {"task", "regression"}
+    assert all(isinstance(row["base_output"], str) and isinstance(row["finetuned_output"], str) for row in rows)
+    assert client.get_model_version("tiny-booking", "1").tags["eval_fingerprint"]
     # lineage: the adapter and the exported (merged) model are logged models of the run
     logged = client.search_logged_models([experiment.experiment_id],
                                          filter_string=f"source_run_id = '{mlflow_run.info.run_id}'")
@@ -148,6 +169,8 @@ def test_the_export_loads_with_plain_transformers_and_generates(repo):
                                            return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+    # the saved tokenizer pads only when asked (transformers 5 would keep the merge step's padding=True in it)
+    assert [len(ids) for ids in tokenizer(["hi", "a much longer sentence than that"])["input_ids"]] == [1, 6]
 
 
 def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, tiny_model_dir, monkeypatch):
@@ -159,6 +182,9 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, ti
     steps = latest_run().steps
     assert {name: steps[name].status for name in STEPS[:3]} == {name: ExecutionStatus.CACHED for name in STEPS[:3]}
     assert steps["train_sft"].status == ExecutionStatus.COMPLETED
+    # the base model is scored once: same base, same eval rows, same settings; the new fine-tune is scored again
+    assert (steps["evaluate_base"].status, steps["evaluate_finetuned"].status) == (ExecutionStatus.CACHED,
+                                                                                  ExecutionStatus.COMPLETED)
     # the second version went through the gate against the first: aliases and stages follow its decision
     client = mlflow.MlflowClient(tracking_uri=repo[1])
     metric = "finetuned_json_exact_match"
@@ -178,7 +204,7 @@ def test_an_identical_rerun_takes_every_step_from_the_cache_but_exports_again(re
 
     root, _ = repo
     shutil.rmtree(root / "outputs" / "tiny")
-    config = write_config(root / "tiny-again.yaml", tiny_parameters(tiny_model_dir), model=ZENML_MODEL)
+    config = write_config(root / "tiny-again.yaml", first_parameters(tiny_model_dir), model=ZENML_MODEL)
     done = run_pipeline(root, config)
     assert done.returncode == 0, done.stderr[-5000:]
     monkeypatch.chdir(root)

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 
 from llm_engineering.evaluation import json_valid, rouge_l
-from llm_engineering.promotion import decide, gate_registered_version
+from llm_engineering.promotion import current_champion, decide, gate_registered_version
 
 
 @pytest.fixture()
@@ -87,3 +87,45 @@ def test_task_metrics():
         2 * precision * recall / (precision + recall))
     assert rouge_l("", "x") == 0.0 and rouge_l("a b", "c d") == 0.0
     assert json_valid('{"a": 1}', "") and not json_valid("{'a': 1}", "")
+
+
+def test_a_version_that_lost_the_regression_probes_is_a_challenger_whatever_its_task_score(registry):
+    uri, client, register = registry
+    champion = register(finetuned_exact_match=0.80)
+    gate_registered_version("booking", champion, "finetuned_exact_match", 0.80, 0.0, tracking_uri=uri)
+    broken = register(finetuned_exact_match=0.99, regression_drop=0.35)
+    decision = gate_registered_version("booking", broken, "finetuned_exact_match", 0.99, 0.0, tracking_uri=uri,
+                                       regression_drop=0.35, max_regression=0.10)
+    assert (decision.promoted, alias_of(client, "champion"), alias_of(client, "challenger")) == (False, champion,
+                                                                                                 broken)
+    assert "regression_drop 0.35 exceeds promotion.max_regression 0.1" in decision.reason
+    # and the first version of a model is not champion either when it broke the model
+    assert not decide("m", 0.99, None, 0.0, regression_drop=0.35, max_regression=0.10).promoted
+
+
+def test_a_version_evaluated_on_other_eval_data_is_not_compared_with_the_champion(registry):
+    uri, client, register = registry
+    champion = register(finetuned_exact_match=0.50)
+    gate_registered_version("booking", champion, "finetuned_exact_match", 0.5, 0.0, tracking_uri=uri,
+                            eval_fingerprint="a" * 64)
+    assert client.get_model_version("booking", champion).tags["eval_fingerprint"] == "a" * 64
+    other = register(finetuned_exact_match=0.90)
+    decision = gate_registered_version("booking", other, "finetuned_exact_match", 0.9, 0.0, tracking_uri=uri,
+                                       eval_fingerprint="b" * 64)
+    assert not decision.promoted and "evaluated on other eval data" in decision.reason
+    same = register(finetuned_exact_match=0.90)
+    assert gate_registered_version("booking", same, "finetuned_exact_match", 0.9, 0.0, tracking_uri=uri,
+                                   eval_fingerprint="a" * 64).promoted
+
+
+def test_only_a_missing_model_or_alias_means_no_champion_and_a_registry_that_cannot_be_read_stops(registry,
+                                                                                                  monkeypatch):
+    uri, client, register = registry
+    assert current_champion("never-registered", "m", tracking_uri=uri) is None
+    assert current_champion("booking", "m", tracking_uri=uri) is None  # the model exists, no alias yet
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.raises(MlflowException):  # nothing listens on port 9: the server is down, not "no champion"
+        current_champion("booking", "m", tracking_uri="http://127.0.0.1:9")

@@ -282,3 +282,11 @@ def _split_dataset(dataset, indices: np.ndarray):
     if (pc.max(pc.list_value_length(table.column("messages"))).as_py() or 0) == 0:
         unused += ["messages", "tools"]
     return dataset.select(indices).remove_columns(INTERNAL_COLUMNS + sorted(set(unused)))
+
+
+def prepare_file(path: str, tokenizer, max_length: int, loss_on: str = "assistant"):
+    """Every row of one file (e.g. a user's evaluation file), checked and tokenized as training rows are; a bad row is
+    a DataError naming it. Long rows are cut to `max_length` rather than refused (an evaluation scores what fits)."""
+    cfg = DataConfig(source="file", path=str(path), truncate=True, loss_on=loss_on, eval_rows=1)
+    source = _prepare_source(cfg.source_list()[0], cfg, tokenizer, max_length)
+    return _split_dataset(source.dataset, source.good)

@@ -19,6 +19,7 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import uuid
@@ -76,6 +77,22 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
     if len(dataset) == 0:
         raise DataError(f"{src.name}: no rows")
     return RawRows(dataset, src.name)
+
+
+def peek_rows(src: SourceConfig, n: int = 100) -> list:
+    """The first rows of a local file source, parsed (unparseable lines left out); [] when the files are not here
+    (a remote step may read them where it runs)."""
+    try:
+        files = resolve_files(src.path)
+    except DataError:
+        return []
+    rows = []
+    for raw in itertools.islice(_file_rows([str(files[0])], "", ""), n):
+        try:
+            rows.append(json.loads(raw["row"]))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def raw_features():

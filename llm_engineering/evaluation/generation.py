@@ -8,6 +8,7 @@ learned to stop runs into `max_new_tokens`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +70,15 @@ def rouge_l(output: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def contains(output: str, reference: str) -> bool:
+    """The reference occurs in the output as a whole word or number, ignoring case ("Paris" in "It is Paris.")."""
+    pattern = r"(?<![0-9a-z])" + re.escape(reference.strip().lower()) + r"(?![0-9a-z])"
+    return re.search(pattern, output.lower()) is not None
+
+
 SCORERS = {
     "exact_match": lambda output, reference: output.strip() == reference.strip(),
+    "contains": contains,
     "json_exact_match": json_equal,
     "json_valid": json_valid,
     "rouge_l": rouge_l,

@@ -39,6 +39,11 @@ def model_version() -> Optional[Any]:
     return context.model if context.model_version else None
 
 
+def zenml_model_name() -> Optional[str]:
+    model = model_version()
+    return model.name if model is not None else None
+
+
 def record_on_model_version(metadata: dict[str, Any], promoted: Optional[bool]) -> Optional[str]:
     """Log metadata on the attached model version and stage it: production if the gate promoted it, else staging
     (the previous production version is archived). Returns the stage, or None when no model is attached."""

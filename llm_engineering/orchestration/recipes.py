@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs" / "stacks"
-GPU_STEPS = ("load_base_model", "inject_adapter", "train_sft", "merge_adapter")  # they load the model
+GPU_STEPS = ("load_base_model", "inject_adapter", "train_sft", "merge_adapter",  # they load the model
+             "evaluate_base", "evaluate_finetuned")
 _I = "zenml.integrations."
 # flavor -> (config class, settings class), importable without the cloud SDKs
 STEP_OPERATORS = {

@@ -1,0 +1,34 @@
+from typing import Annotated, Any, Optional
+
+from datasets import Dataset
+from zenml import log_metadata, step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.config import EvalConfig
+from llm_engineering.evaluation import evaluate_checkpoint
+from llm_engineering.model.loading import BaseModelRef
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
+
+
+@step(cache_policy=LIBRARY_AWARE)
+def evaluate_model(
+    base_model: BaseModelRef,
+    data_summary: dict[str, Any],
+    evaluation: EvalConfig,
+    task_metric: str,
+    dtype: str,
+    max_length: int,
+    files_digest: str,
+    eval_dataset: Optional[Dataset] = None,
+    merged_model: Optional[CheckpointDir] = None,
+) -> Annotated[dict[str, Any], "evaluation"]:
+    """Score the base model (no `merged_model`; cached while the base, the eval rows and the settings stay) or the
+    merged fine-tune on the eval rows (`eval_dataset`, or `evaluation.eval_file`) and the regression probes.
+    `files_digest`: the content of the evaluation's own files, for the cache key."""
+    if task_metric == "auto":  # the format was known only once the rows were read
+        task_metric = evaluation.metric_for(data_summary["format"])
+    result = evaluate_checkpoint(base_model.config, merged_model.path if merged_model else None, eval_dataset,
+                                 evaluation, task_metric, dtype, max_length)
+    log_metadata(metadata=result.metrics)
+    return result.as_dict()
