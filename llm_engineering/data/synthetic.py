@@ -25,6 +25,47 @@ TEMPLATES = [
     "Please make a reservation at {restaurant} for {party} guests, {day} {time}, name: {name}.",
     "Can you get us into {restaurant} on {day}? {party} of us, {time}. It's under {name}.",
     "Reservation request: {restaurant}, {day} at {time}, party of {party}, contact {name}.",
+    "I'd like to book {restaurant} for {day} at {time}. We'll be {party}. The name is {name}.",
+    "{day}, {time}, {restaurant}, {party} people - put it under {name}, thanks!",
+    "Could you hold a table at {restaurant}? {name}, party of {party}, {day} {time}.",
+    "We want dinner at {restaurant} on {day}. Time: {time}. Guests: {party}. Booking name {name}.",
+    "hey can u book {restaurant} {day} {time} for {party}? name's {name}",
+    "My name is {name} and I need a table for {party} on {day} at {time} at {restaurant}.",
+]
+# Requests composed from one phrase per field in a random order, so the model learns to find each field wherever it
+# is and however it is phrased, not a handful of sentence templates (half the training rows; the rest: TEMPLATES).
+PHRASES = {
+    "name": ["under the name {name}", "my name is {name}", "this is {name}", "name: {name}", "for {name}",
+             "it's {name}", "booking name {name}", "{name} here", "the reservation is for {name}"],
+    "party": ["a table for {party}", "{party} people", "party of {party}", "{party} guests", "we are {party}",
+              "for {party} of us", "{party} in total"],
+    "restaurant": ["at {restaurant}", "{restaurant}", "a table at {restaurant}", "restaurant: {restaurant}",
+                   "into {restaurant}", "the place is {restaurant}"],
+    "day": ["on {day}", "this {day}", "{day}", "next {day}", "day: {day}", "for {day}"],
+    "time": ["at {time}", "around {time}", "{time}", "time: {time}", "by {time}", "from {time}"],
+}
+# Made-up names and restaurants for half the rows, so the model learns to copy them from the request rather than to
+# pick from the lists above.
+SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sa", "bel", "ri", "dan", "mo", "ze", "lin", "gar", "ul", "fe",
+             "no", "tash", "vi", "ost", "er", "ha", "pel", "quin"]
+ADJECTIVES = ["Silver", "Red", "Little", "Hidden", "Royal", "Crooked", "Sunny", "Iron", "Velvet", "Wild"]
+NOUNS = ["Spoon", "Lantern", "Kettle", "Garden", "Table", "Oak", "Harbour", "Fig", "Compass", "Bell"]
+RESTAURANT_SHAPES = ["The {adjective} {noun}", "{name}'s", "Chez {name}", "{noun} House", "{adjective} {noun} Bar"]
+OPENERS = ["", "Hi, ", "Hello! ", "Please book: ", "Reservation - ", "I'd like a booking, ", "hey ", "Dear team, "]
+CLOSERS = [".", "!", "?", ", thanks.", " please.", ". Thank you!", ""]
+
+# The evaluation set's own shapes, names and restaurants: never generated for training, so the task score measures
+# whether the model learned the task, not the sentence templates (data/samples/booking_unseen.jsonl).
+UNSEEN_NAMES = ["Chen", "Andersson", "O'Brien", "Fernández", "Yilmaz", "Mensah", "Horvat", "Sato", "Lefebvre",
+                "Kaur"]
+UNSEEN_RESTAURANTS = ["The Copper Pot", "Maison Rouge", "Taverna Eleni", "Green Lantern", "Pho Saigon",
+                      "The Anchor"]
+UNSEEN_TEMPLATES = [
+    "Good evening! {name} calling. Is there room at {restaurant} for {party} on {day}? We'd come at {time}.",
+    "Table for {party}, please, at {restaurant}, {time} on {day}; the reservation should be for {name}.",
+    "For {day} I need {restaurant} at {time} - {party} diners, booked as {name}.",
+    "{restaurant} on {day}, {party} persons, arriving {time}. Name on the booking: {name}.",
+    "Quick one: {name}, {party} people, {restaurant}, {day}, {time}. Can you do it?",
 ]
 
 
@@ -33,33 +74,63 @@ def _written_time(hour: int, minute: int, rng: random.Random) -> str:
     return rng.choice([f"{hour:02d}:{minute:02d}", f"{hour}.{minute:02d}", f"{hour:02d}{minute:02d}h"])
 
 
-def booking_example(rng: random.Random) -> tuple[str, dict]:
-    """One (request sentence, target record) pair."""
+def made_up_name(rng: random.Random) -> str:
+    while True:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if name not in UNSEEN_NAMES:
+            return name
+
+
+def made_up_restaurant(rng: random.Random) -> str:
+    while True:
+        name = rng.choice(RESTAURANT_SHAPES).format(adjective=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
+                                                    name=made_up_name(rng))
+        if name not in UNSEEN_RESTAURANTS:
+            return name
+
+
+def booking_example(rng: random.Random, unseen: bool = False) -> tuple[str, dict]:
+    """One (request sentence, target record) pair; `unseen`: from the evaluation set's shapes and names."""
+    def pick(listed: list[str], unseen_list: list[str], made_up) -> str:
+        if unseen:
+            return rng.choice(unseen_list)
+        return rng.choice(listed) if rng.random() < 0.5 else made_up(rng)
+
+    templates = UNSEEN_TEMPLATES if unseen else TEMPLATES
     record = {
-        "name": rng.choice(NAMES),
+        "name": pick(NAMES, UNSEEN_NAMES, made_up_name),
         "party_size": rng.randint(1, 8),
-        "restaurant": rng.choice(RESTAURANTS),
+        "restaurant": pick(RESTAURANTS, UNSEEN_RESTAURANTS, made_up_restaurant),
         "day": rng.choice(DAYS),
         "time": f"{rng.choice([11, 12, 13, 17, 18, 19, 20, 21]):02d}:{rng.choice([0, 0, 15, 30, 45]):02d}",
     }
     hour, minute = map(int, record["time"].split(":"))
     party = str(record["party_size"]) if rng.random() < 0.5 else NUMBER_WORDS[record["party_size"]]
-    sentence = rng.choice(TEMPLATES).format(
-        party=party, restaurant=record["restaurant"], day=record["day"],
-        time=_written_time(hour, minute, rng), name=record["name"],
-    )
-    return sentence, record
+    template = None if not unseen and rng.random() < 0.5 else rng.choice(templates)
+    values = dict(party=party, restaurant=record["restaurant"], day=record["day"],
+                  time=_written_time(hour, minute, rng), name=record["name"])
+    if template:
+        return template.format(**values), record
+    fields = list(PHRASES)
+    rng.shuffle(fields)
+    body = ", ".join(rng.choice(PHRASES[field]).format(**values) for field in fields)
+    return rng.choice(OPENERS) + body + rng.choice(CLOSERS), record
 
 
-def booking_rows(num_rows: int, seed: int) -> list[dict]:
+def booking_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
     """Rows in the conversational `messages` form every source is normalised to."""
     rng = random.Random(seed)
     rows = []
     for _ in range(num_rows):
-        sentence, record = booking_example(rng)
+        sentence, record = booking_example(rng, unseen)
         rows.append({"messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": sentence},
             {"role": "assistant", "content": json.dumps(record, ensure_ascii=False)},
         ]})
     return rows
+
+
+if __name__ == "__main__":  # python -m llm_engineering.data.synthetic > data/samples/booking_unseen.jsonl
+    for row in booking_rows(40, seed=2026, unseen=True):
+        print(json.dumps(row, ensure_ascii=False))
