@@ -25,7 +25,7 @@ def main(model_dir: str, initial_adapter: str, out: str, batch: int) -> None:
     original = collate.PackedCollator.__call__
 
     def recording(self, examples, *args, **kwargs):  # which rows this rank batched (train and eval)
-        seen.append([tuple(e["input_ids"][-8:]) for e in examples])
+        seen.append([tuple(e["input_ids"]) for e in examples])  # the whole row: two rows may end alike
         return original(self, examples, *args, **kwargs)
 
     collate.PackedCollator.__call__ = recording
@@ -34,7 +34,7 @@ def main(model_dir: str, initial_adapter: str, out: str, batch: int) -> None:
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     output = Path(out) / f"rank{rank}"
     result = train_adapter(model_cfg, adapter, train, Path(initial_adapter), data.train, data.eval, output)
-    train_rows = {tuple(row["input_ids"][-8:]) for row in data.train}
+    train_rows = {tuple(row["input_ids"]) for row in data.train}
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "world_size": int(os.environ.get("WORLD_SIZE", 1)),
         "train_batches": [sorted(batch) for batch in seen if set(batch) <= train_rows],  # eval batches left out
