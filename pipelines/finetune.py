@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from zenml import pipeline
 
-from llm_engineering.config import load_run_config
+from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
 from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
@@ -61,7 +61,7 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
                    task_metric=task_metric, dtype=cfg.merge.dtype, max_length=cfg.train.max_length,
                    files_digest=evaluation_files_digest(cfg.eval))
     # the harness runs on the fine-tuned model only, so its settings stay out of the base evaluation's cache key
-    base_evaluation = evaluate_model(base_model=base_model, evaluation=cfg.eval.model_copy(update={"harness": {}}),
+    base_evaluation = evaluate_model(base_model=base_model, evaluation=cfg.eval.model_copy(update={"harness": HarnessConfig()}),
                                      **scoring, id="evaluate_base")
     finetuned_evaluation = evaluate_model(base_model=base_model, merged_model=merged_model, evaluation=cfg.eval,
                                           **scoring, id="evaluate_finetuned")

@@ -18,7 +18,8 @@ def test_each_recipe_validates_and_sends_the_gpu_steps_to_its_operator(name, cap
     printed = capsys.readouterr().out
     assert f"zenml step-operator register {name}_gpu --flavor={recipe['step_operator']['flavor']}" in printed
     overlay = yaml.safe_load(printed.split("# add to your run config:\n", 1)[1])
-    assert set(overlay["steps"]) == {"load_base_model", "inject_adapter", "train_sft", "merge_adapter"}
+    assert set(overlay["steps"]) == {"load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
+                                     "evaluate_finetuned"}
     assert all(step["step_operator"] == f"{name}_gpu" and step["settings"]["resources"]["gpu_count"] == 1
                for step in overlay["steps"].values())
     assert overlay["settings"]["docker"]["dockerfile"] == "docker/Dockerfile"
@@ -65,7 +66,7 @@ def zenml_cli(tmp_path, *args, timeout=300):
 def test_every_recipe_registers_as_a_real_stack_and_three_compile_to_a_gpu_plan(tmp_path):
     """Registration for real, in a ZenML store: ZenML validates each component against its flavor and resolves the
     secret references, so the secrets the recipes name are created first, as a user would. Compiling needs each
-    integration's SDK: with the Kubernetes, SSH and Modal ones installed, the compiled plan sends the four steps that
+    integration's SDK: with the Kubernetes, SSH and Modal ones installed, the compiled plan sends the six steps that
     load the model to the operator with one GPU, the recipe's pod or GPU settings and an image from
     docker/Dockerfile, and keeps the other steps on the orchestrator. Nothing is built (no Docker here) and nothing is submitted."""
     import json
@@ -73,6 +74,7 @@ def test_every_recipe_registers_as_a_real_stack_and_three_compile_to_a_gpu_plan(
 
     from tests.pipeline_helpers import PROJECT
 
+    shutil.copytree(PROJECT / "data", tmp_path / "data")  # compiled from a clone's root: the eval files are checked
     shutil.copytree(PROJECT / "docker", tmp_path / "docker")  # the image the plan names, relative to the repo root
     script = f"""
 import json, sys
@@ -114,7 +116,8 @@ for name in ("kubernetes", "ssh", "modal", "sagemaker"):
         printed = out.split(f"PLAN {name}\n", 1)[1]
         plan = json.JSONDecoder().raw_decode(printed[printed.index("{"):])[0]
         assert plan["stack"] == f"{name}_stack"
-        for step in ("load_base_model", "inject_adapter", "train_sft", "merge_adapter"):
+        for step in ("load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
+                     "evaluate_finetuned"):
             assert plan["steps"][step]["runs_on"] == f"step_operator:{name}_gpu"
             assert plan["steps"][step]["gpu_count"] == 1
             assert plan["steps"][step]["image"]["dockerfile"] == "docker/Dockerfile"

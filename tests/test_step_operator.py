@@ -44,5 +44,7 @@ def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_opera
     plan = {name: (step.config.step_operator, step.config.resource_settings.gpu_count)
             for name, step in snapshot.step_configurations.items()}
     assert plan == {"load_dataset": (None, None), "load_base_model": ("local_cuda", 1), "inject_adapter": ("local_cuda", 1),
-                    "train_sft": ("local_cuda", 1), "merge_adapter": ("local_cuda", 1), "export_model": (None, None)}
+                    "train_sft": ("local_cuda", 1), "merge_adapter": ("local_cuda", 1),
+                    "evaluate_base": ("local_cuda", 1), "evaluate_finetuned": ("local_cuda", 1),
+                    "export_model": (None, None)}
     assert snapshot.step_configurations["train_sft"].config.retry.max_retries == 3
