@@ -61,8 +61,8 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
                    task_metric=task_metric, dtype=cfg.merge.dtype, max_length=cfg.train.max_length,
                    files_digest=evaluation_files_digest(cfg.eval))
     # the harness runs on the fine-tuned model only, so its settings stay out of the base evaluation's cache key
-    base_evaluation = evaluate_model(base_model=base_model, evaluation=cfg.eval.model_copy(update={"harness": HarnessConfig()}),
-                                     **scoring, id="evaluate_base")
+    base_settings = cfg.eval.model_copy(update={"harness": HarnessConfig()})
+    base_evaluation = evaluate_model(base_model=base_model, evaluation=base_settings, **scoring, id="evaluate_base")
     finetuned_evaluation = evaluate_model(base_model=base_model, merged_model=merged_model, evaluation=cfg.eval,
                                           **scoring, id="evaluate_finetuned")
     export_model(
