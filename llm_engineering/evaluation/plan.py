@@ -9,6 +9,7 @@ from pathlib import Path
 from llm_engineering.config import ConfigError, RunConfig, SourceConfig
 from llm_engineering.data.formats import detect_format, rename_columns
 from llm_engineering.data.sources import inputs_digest, peek_rows
+from llm_engineering.evaluation import ROLES
 
 EVALUATION_PREFIXES = ("base_", "finetuned_", "regression_")
 
@@ -43,7 +44,7 @@ def computable_metrics(cfg: RunConfig, data_format: str) -> list[str]:
     per_model = ["perplexity"] + ([metric, "stop_rate"] if metric != "perplexity" else [])
     if cfg.eval.regression.enabled:
         per_model.append("regression_score")
-    names = [f"{role}_{name}" for role in ("base", "finetuned") for name in per_model]
+    names = [f"{role}_{name}" for role in ROLES for name in per_model]
     names += (["regression_drop"] if cfg.eval.regression.enabled else [])
     return names
 
