@@ -134,6 +134,48 @@ def test_merge_fails_above_the_fidelity_threshold_and_writes_nothing(trained_qlo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_merge_gates_on_the_weights_as_saved_not_only_in_fp32(trained_qlora, tmp_path):
+    model_cfg, split, result = trained_qlora
+    report = merge_adapter(model_cfg, MergeConfig(dtype="bfloat16"), result.adapter_dir, split.eval, tmp_path / "ok")
+    # bf16 rounding moves the logits; the fp32 merge check alone would not see it
+    assert report.saved_dtype == "bfloat16" and report.saved_max_abs_logit_diff > 10 * report.max_abs_logit_diff
+    with pytest.raises(MergeFidelityError, match="as saved in bfloat16 differ .* merge.saved_max_logit_diff"):
+        merge_adapter(model_cfg, MergeConfig(dtype="bfloat16", saved_max_logit_diff=1e-6), result.adapter_dir,
+                      split.eval, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
+
+
+def test_the_export_ships_the_tokenizer_padding_as_the_base_had_it(trained_qlora, tmp_path, tiny_model_dir):
+    import shutil
+
+    from llm_engineering.evaluation import generate
+
+    base = tmp_path / "left-padded-base"
+    shutil.copytree(tiny_model_dir, base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": "left"}))
+    model_cfg, split, result = trained_qlora
+    model_cfg = model_cfg.model_copy(update={"name_or_path": str(base)})
+    merge_adapter(model_cfg, MergeConfig(dtype="float32"), result.adapter_dir, split.eval, tmp_path / "merged")
+    model, tokenizer = load_exported(tmp_path / "merged")
+    assert tokenizer.padding_side == "left"
+    tokenizer.padding_side = "right"
+    generate(model, tokenizer, [[{"role": "user", "content": "hi"}]], max_new_tokens=2, batch_size=1)
+    verify_export(write_export(model, tokenizer, tmp_path / "export", "card"), model, split.eval.to_list()[:2])
+    assert tokenizer.padding_side == "right"  # neither generation (left) nor the logits check changed it
+    assert json.loads((tmp_path / "export" / "tokenizer_config.json").read_text())["padding_side"] == "right"
+
+
+def test_generation_config_keeps_every_end_token_of_the_base(tokenizer):
+    from llm_engineering.model.export import generation_config
+
+    im_end = tokenizer.eos_token_id
+    llama31_like = generation_config(tokenizer, {"eos_token_id": [0, 7, 9], "bos_token_id": 1})
+    assert llama31_like["eos_token_id"] == [0, 7, 9, im_end]  # the template's end-of-turn token is among them
+    assert generation_config(tokenizer, {"eos_token_id": [im_end, 0]})["eos_token_id"] == [im_end, 0]
+    assert generation_config(tokenizer, {"eos_token_id": im_end})["eos_token_id"] == im_end
+
+
 @pytest.fixture
 def merged(trained_qlora, tmp_path):
     model_cfg, split, result = trained_qlora

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from llm_engineering.data.formats import chat_messages, row_tools
+from llm_engineering.model.loading import padding_side
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     """Greedy completions for chat prompts: [(text, stopped_by_eos)]; `tools`: each conversation's tool definitions."""
     tools = tools or [None] * len(conversations)
     model.eval()
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    with padding_side(tokenizer, "left"):  # decoder-only models continue from the right edge
+        return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools)
+
+
+def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools):
     eos_ids = _eos_ids(model, tokenizer)
     results = []
     for start in range(0, len(conversations), batch_size):

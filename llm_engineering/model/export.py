@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from llm_engineering.data.templates import row_text
-from llm_engineering.model.loading import save_tokenizer
+from llm_engineering.model.loading import padding_side, save_tokenizer
 
 MANIFEST = "SHA256SUMS"
 ADAPTER_SUBDIR = "adapter"
@@ -33,10 +33,21 @@ class ExportError(RuntimeError):
     pass
 
 
+def end_token_ids(tokenizer, base: dict[str, Any]) -> list[int]:
+    """Every end token the base model stops at (Llama-3.1 has three: end of text, of message, of turn), with the
+    tokenizer's end-of-turn token among them."""
+    configured = base.get("eos_token_id")
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    if tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return [i for i in ids if i is not None]
+
+
 def generation_config(tokenizer, base: dict[str, Any]) -> dict[str, Any]:
-    """Greedy-by-default generation settings that stop at the chat template's end-of-turn token."""
+    """Greedy-by-default generation settings that stop at every end token of the base model and of the chat template."""
     config = {k: v for k, v in base.items() if k not in ("transformers_version",)}
-    config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    ends = end_token_ids(tokenizer, base)
+    config.update(eos_token_id=ends if len(ends) > 1 else ends[0], pad_token_id=tokenizer.pad_token_id)
     if tokenizer.bos_token_id is not None:
         config["bos_token_id"] = tokenizer.bos_token_id
     return config
@@ -202,9 +213,9 @@ def verify_export(output_dir: Path, reference_model, rows: list[dict], tolerance
     model, tokenizer = load_exported(output_dir)
     model.eval()
     reference_model.eval()
-    tokenizer.padding_side = "right"
     texts = [row_text(tokenizer, r) for r in rows]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with padding_side(tokenizer, "right"):
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     reloaded = model(**batch.to(model.device)).logits.float().cpu()
     expected = reference_model(**batch.to(reference_model.device)).logits.float().cpu()

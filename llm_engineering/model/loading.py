@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -197,6 +198,19 @@ def load_base(cfg: ModelConfig):
         load_seconds=round(seconds, 3),
     )
     return model, tokenizer, ref
+
+
+@contextmanager
+def padding_side(tokenizer, side: str):
+    """Pad on `side` inside the block and restore the tokenizer's own side after it, so a tokenizer that is saved
+    later ships as the base model had it (left for generation, right for logits comparisons are our choices, not
+    the user's)."""
+    before = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = before
 
 
 def save_tokenizer(tokenizer, directory) -> None:

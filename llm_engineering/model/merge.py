@@ -4,8 +4,10 @@ A QLoRA adapter is never merged into the 4-bit model (that would re-quantize the
 base weights exactly as training saw them: the NF4/int8 weights dequantized (or the `dtype`-rounded weights for an
 unquantized run), in fp32. `base_weights: original` merges into the untouched checkpoint weights instead.
 
-Fidelity: on held-out prompts the unmerged adapter model and the merged model are run in fp32 over the same base
-weights; the max/mean |Δlogit| and top-1 agreement are returned, and the caller fails the run above a threshold.
+Fidelity, on held-out prompts, twice: the unmerged adapter model and the merged model in fp32 over the same base
+weights (isolates the merge: `max_logit_diff`), then the adapter model against the merged weights as they are saved
+(rounded to `merge.dtype`, computed in fp32: what ships, `saved_max_logit_diff`). Either one over its threshold fails
+the run before anything is exported.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from llm_engineering.artifacts import first_rows
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.data.templates import row_text
 from llm_engineering.model.precision import resolve_dtype, torch_dtype
-from llm_engineering.model.loading import load_model, load_tokenizer, save_tokenizer
+from llm_engineering.model.loading import load_model, load_tokenizer, padding_side, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ class FidelityReport:
     top1_agreement: float
     base_weights: str
     comparison: str
+    saved_dtype: str = "float32"
+    saved_max_abs_logit_diff: float = 0.0
+    saved_top1_agreement: float = 1.0
 
     def metrics(self) -> dict[str, float]:
         return {f"merge_{k}": v for k, v in asdict(self).items() if isinstance(v, (int, float))}
@@ -81,25 +86,33 @@ def _logits(model, batch) -> torch.Tensor:
         return model(**batch.to(model.device)).logits.float().cpu()
 
 
+def _agreement(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    diff = (reference - other).abs()[mask]
+    top1 = (reference.argmax(-1) == other.argmax(-1))[mask].float().mean().item()
+    return diff.max().item(), diff.mean().item(), top1
+
+
 def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, cfg: MergeConfig,
-                    comparison: str) -> FidelityReport:
-    """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`."""
-    diff = (reference - merged).abs()[mask]
+                    comparison: str, saved: torch.Tensor | None = None) -> FidelityReport:
+    """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`, or above `cfg.saved_max_logit_diff` for
+    `saved` (the logits of the weights as saved; None: saved in fp32, the same as `merged`)."""
+    max_diff, mean_diff, top1 = _agreement(reference, merged, mask)
+    saved_max, _, saved_top1 = (max_diff, mean_diff, top1) if saved is None else _agreement(reference, saved, mask)
     report = FidelityReport(
-        prompts=int(mask.shape[0]),
-        tokens=int(mask.sum()),
-        max_abs_logit_diff=diff.max().item(),
-        mean_abs_logit_diff=diff.mean().item(),
-        top1_agreement=(reference.argmax(-1) == merged.argmax(-1))[mask].float().mean().item(),
-        base_weights=cfg.base_weights,
-        comparison=comparison,
+        prompts=int(mask.shape[0]), tokens=int(mask.sum()), max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff,
+        top1_agreement=top1, base_weights=cfg.base_weights, comparison=comparison,
+        saved_dtype=resolve_dtype(cfg.dtype), saved_max_abs_logit_diff=saved_max, saved_top1_agreement=saved_top1,
     )
+    where = f"on {report.prompts} prompts ({comparison}); nothing was exported"
     if report.max_abs_logit_diff > cfg.max_logit_diff:
         raise MergeFidelityError(
             f"merged model differs from the adapter model by max |Δlogit| = {report.max_abs_logit_diff:.3g} "
-            f"> merge.max_logit_diff = {cfg.max_logit_diff:g} on {report.prompts} prompts ({comparison}); "
-            "nothing was exported"
-        )
+            f"> merge.max_logit_diff = {cfg.max_logit_diff:g} {where}")
+    if saved_max > cfg.saved_max_logit_diff:
+        raise MergeFidelityError(
+            f"merged weights as saved in {report.saved_dtype} differ from the adapter model by max |Δlogit| = "
+            f"{saved_max:.3g} > merge.saved_max_logit_diff = {cfg.saved_max_logit_diff:g} (top-1 agreement "
+            f"{saved_top1:.3f}) {where}; save in float32 (merge.dtype) or raise the threshold")
     return report
 
 
@@ -108,10 +121,10 @@ def merge_adapter(
 ) -> FidelityReport:
     """Merge, check fidelity, save the merged model (in `cfg.dtype`, safetensors) with its tokenizer to `output_dir`."""
     tokenizer = load_tokenizer(model_cfg)
-    tokenizer.padding_side = "right"
     rows = first_rows(fidelity_rows, cfg.fidelity_prompts)  # a list or the step's datasets.Dataset
     texts = [row_text(tokenizer, r) for r in rows]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with padding_side(tokenizer, "right"):
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     merge = _merge_streamed if cfg.method == "streamed" else _merge_in_memory
     report = merge(model_cfg, cfg, adapter_dir, batch, mask, output_dir)
@@ -127,7 +140,12 @@ def _merge_in_memory(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> Fi
     peft_model.eval()
     reference = _logits(peft_model, batch)
     merged = peft_model.merge_and_unload()
-    report = fidelity_report(reference, _logits(merged, batch), mask, cfg, "fp32 adapter model vs fp32 merged model")
+    merged_logits = _logits(merged, batch)
+    saved_logits = None
+    if torch_dtype(cfg.dtype) != torch.float32:  # what ships: weights rounded to the saved dtype (exact round trip)
+        saved_logits = _logits(merged.to(torch_dtype(cfg.dtype)).float(), batch)
+    report = fidelity_report(reference, merged_logits, mask, cfg, "fp32 adapter model vs fp32 merged model",
+                             saved=saved_logits)
     merged = merged.to(torch_dtype(cfg.dtype))
     merged.config.dtype = resolve_dtype(cfg.dtype)
     merged.save_pretrained(output_dir, safe_serialization=True)
