@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser setup run test test-fast ui clean
+.PHONY: install browser setup run test test-fast ui serve clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ test-fast: install browser
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000
+
+# The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see the README).
+MODEL ?= smollm2-booking
+PORT  ?= 5001
+serve: install
+	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/.mlflow/mlflow.db" $(BIN)/mlflow models serve \
+	  -m "models:/$(MODEL)@champion" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf .zen .mlflow outputs

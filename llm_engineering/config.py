@@ -279,6 +279,9 @@ class MergeConfig(_Section):
                                                                "saved in `dtype` (what ships)")
 
 
+GGUF_TYPES = ("f16", "q8_0")  # what the `gguf` package writes and transformers reads back (K-quants: llama.cpp)
+
+
 class ExportConfig(_Section):
     output_dir: str = "outputs/model"
     overwrite: bool = True
@@ -289,9 +292,22 @@ class ExportConfig(_Section):
     push_to_hub: Optional[str] = Field(None, description="Hugging Face repo id to upload the verified export to; "
                                                          "the token comes from the HF_TOKEN environment variable")
     hub_private: bool = True
+    gguf: list[str] = Field(default_factory=list, description="also write model-<type>.gguf (and an Ollama "
+                                                                "Modelfile) for llama.cpp/Ollama: f16, q8_0")
+    chat_max_tokens: int = Field(256, gt=0, description="max_tokens of a chat request to the served model that "
+                                                        "does not set it")
     registered_model_name: Optional[str] = Field(
         "auto", description="MLflow registry name; auto: the ZenML model's name (`model:` in the run config), else "
                             "the export directory's name; null: do not register")
+
+    @model_validator(mode="after")
+    def _gguf_types_are_writable(self) -> "ExportConfig":
+        unknown = [t for t in self.gguf if t not in GGUF_TYPES]
+        if unknown:
+            raise ValueError(f"export.gguf: {', '.join(map(repr, unknown))} cannot be written here; use "
+                             f"{' or '.join(GGUF_TYPES)} (K-quants such as q4_k_m need llama.cpp's llama-quantize "
+                             "on the f16 file)")
+        return self
 
     def registry_name(self, zenml_model: Optional[str] = None) -> Optional[str]:
         if self.registered_model_name != "auto":

@@ -179,8 +179,12 @@ def replay_to_comet(log_history: list[dict]) -> None:
                               step=entry.get("step"))
 
 
-def log_and_register_model(model, tokenizer, registered_model_name: Optional[str]) -> Optional[dict[str, Any]]:
-    """Log the exported model as an MLflow transformers model (servable with `mlflow models serve`) and register it.
+def log_and_register_model(model, tokenizer, registered_model_name: Optional[str],
+                           max_tokens: int = 256) -> Optional[dict[str, Any]]:
+    """Log the exported model as an MLflow transformers model with MLflow's OpenAI-style chat signature
+    (`llm/v1/chat`: `mlflow models serve` answers `{"messages": [...]}` with a `chat.completion`, through the
+    exported chat template, stopping at its end tokens) and register it. `max_tokens`: the default for requests
+    that do not set it (transformers' own default is 20 tokens in all).
 
     The in-memory components are passed, not the directory: MLflow 3.17's local-checkpoint path breaks on
     transformers 5's pipeline registry."""
@@ -191,7 +195,8 @@ def log_and_register_model(model, tokenizer, registered_model_name: Optional[str
     model_info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer},
         name="model",
-        task="text-generation",
+        task="llm/v1/chat",
+        model_config={"max_new_tokens": max_tokens},
         registered_model_name=registered_model_name,
         pip_requirements=_pinned(SERVING_REQUIREMENTS),
     )

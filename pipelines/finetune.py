@@ -20,6 +20,7 @@ from llm_engineering.data.sources import inputs_digest
 from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.model.export import check_push_credentials, check_target
+from llm_engineering.model.gguf_export import check_model_supports_gguf
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -34,6 +35,7 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)
+    check_model_supports_gguf(cfg.model, cfg.export.gguf)
     task_metric = check_evaluation(cfg)
 
     # Cache keys see parameters, not file contents: the digests make an edited data file or checkpoint rerun its step.

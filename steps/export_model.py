@@ -9,7 +9,9 @@ from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows, CheckpointDir
 from llm_engineering.config import ExportConfig, RunConfig, flatten
 from llm_engineering.evaluation import ModelEvaluation, compare
-from llm_engineering.model.export import load_exported, model_card, push_to_hub, verify_export, write_export
+from llm_engineering.model.export import (
+    check_vllm_rank, gguf_metrics, load_exported, model_card, push_to_hub, serving_sample, verify_export, write_export,
+)
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.model_control_plane import (
     pipeline_run_tags,
@@ -53,21 +55,30 @@ def export_model(
                              f"cannot be gated; computed: {', '.join(sorted(metrics))}")
         champion = current_champion(registry_name, gate_metric)
 
+    vllm_warning = check_vllm_rank(config.adapter.r) if export.include_adapter else None
     model, tokenizer = load_exported(merged_model.path)
     rows = first_rows(eval_dataset, export.verify_prompts)
     card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
     out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
                        max_shard_size=export.max_shard_size,
-                       adapter_dir=trained_adapter.path if export.include_adapter else None)
+                       adapter_dir=trained_adapter.path if export.include_adapter else None,
+                       gguf_types=export.gguf, check_rows=rows)
     exported, exported_tokenizer, reload_diff = verify_export(out, model, rows)
     metrics["export_reload_max_abs_logit_diff"] = reload_diff
+    metrics.update(gguf_metrics(out))
 
     tracking.log_params(flatten(config))
     tracking.log_metrics({**metrics, **step_wall_seconds()})  # all, so a run with cached steps is complete too
     tracking.log_text(card, "model_card.md")
     tracking.log_dict(run_config, "run_config.yaml")
     tracking.log_table(samples, "eval_samples.json")
-    registered = tracking.log_and_register_model(exported, exported_tokenizer, registry_name) or {}
+    for file in sorted(out.glob("*.gguf")) + sorted(out.glob("Modelfile")) + sorted(out.glob("gguf_check.json")):
+        tracking.log_artifact(file, "gguf")
+    sample = serving_sample(exported, exported_tokenizer, rows, export.chat_max_tokens)
+    if sample:
+        tracking.log_dict(sample, "serving_sample.json")  # the chat request and the answer serving must give
+    registered = tracking.log_and_register_model(exported, exported_tokenizer, registry_name,
+                                                 export.chat_max_tokens) or {}
     decision = None
     if registered.get("version"):
         gate = config.promotion
@@ -81,6 +92,8 @@ def export_model(
     if export.push_to_hub:
         registered["hub_commit_url"] = push_to_hub(out, export.push_to_hub, export.hub_private)
     summary = {"export_dir": str(out.resolve()), **metrics, **registered}
+    if vllm_warning:
+        summary["vllm_warning"] = vllm_warning
     log_metadata(metadata=summary)
     stage = record_on_model_version(summary, decision.promoted if decision else None)
     if stage:

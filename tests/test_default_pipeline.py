@@ -1,5 +1,6 @@
 """The real default run, end to end: `zenml pipeline run` with configs/default.yaml on the embedded SmolLM2-135M
-(QLoRA NF4 on this CPU), in an isolated repo; then a fine-tune that breaks the model, which the gate refuses.
+(QLoRA NF4 on this CPU), in an isolated repo; its champion served by `mlflow models serve`; then a fine-tune that breaks
+the model, which the gate refuses.
 Minutes, not seconds: marked slow."""
 
 import json
@@ -15,6 +16,7 @@ from zenml.enums import ExecutionStatus
 from llm_engineering.evaluation import generate
 from llm_engineering.model.export import load_exported
 from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, write_config
+from tests.ui_helpers import mlflow_model_server, post_json
 
 
 @pytest.mark.slow
@@ -57,11 +59,24 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
         {"role": "user", "content": request}]], max_new_tokens=64, batch_size=1)
     assert stopped and json.loads(answer)["restaurant"] == "Casa Verde"
 
-    # A fine-tune that breaks the model (only train.* changed: a learning rate fifty times too high). The base model's
-    # evaluation comes from the cache; the broken version is registered as challenger, with the regression as reason.
+    # The champion served from the registry with MLflow's own server answers an OpenAI-style chat request exactly as
+    # the export step's own greedy generation did (logged as serving_sample.json), through the chat template.
+    sample = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/serving_sample.json")
+    with mlflow_model_server("models:/smollm2-booking@champion", uri, tmp_path / "serve.log") as base:
+        [completion] = post_json(f"{base}/invocations", {"messages": sample["messages"], "temperature": 0,
+                                                         "max_tokens": sample["max_tokens"]})
+    assert completion["object"] == "chat.completion" and completion["choices"][0]["finish_reason"] == "stop"
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": sample["content"]}
+    assert sample["stopped"] and json.loads(sample["content"])  # a booking, as JSON, ended by <|im_end|>
+    assert 0 < completion["usage"]["completion_tokens"] < sample["max_tokens"]
+
+    # A fine-tune that breaks the model (train.* changed: a learning rate fifty times too high; and GGUF files asked
+    # for). The base model's evaluation comes from the cache; the broken version is registered as challenger, with the
+    # regression as reason; its GGUF files reproduce it (f16 max |Δlogit| <= 0.05, top-1 1.0; q8_0 top-1 >= 0.95).
     config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
     config["parameters"]["config"]["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None,
                                                    eval_steps=4)
+    config["parameters"]["config"]["export"]["gguf"] = ["f16", "q8_0"]
     broken = run_pipeline(tmp_path, write_config(tmp_path / "broken.yaml", config["parameters"]["config"],
                                                  model=config["model"]), timeout=1200)
     assert broken.returncode == 0, broken.stdout[-3000:] + broken.stderr[-5000:]
@@ -69,9 +84,19 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     assert steps["evaluate_base"].status == ExecutionStatus.CACHED
     assert steps["evaluate_finetuned"].status == ExecutionStatus.COMPLETED
     decision = steps["export_model"].run_metadata
-    print({k: v for k, v in decision.items() if k.startswith(("finetuned_", "regression", "promotion"))})
+    print({k: v for k, v in decision.items() if k.startswith(("finetuned_", "regression", "promotion", "gguf_"))})
     assert decision["regression_drop"] > 0.10 and decision["promotion"] == "challenger"
+    assert decision["gguf_f16_top1_agreement"] == 1.0 and decision["gguf_q8_0_top1_agreement"] >= 0.95
+    export_dir = tmp_path / "outputs" / "smollm2-booking"
+    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
+    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {
+        a.path.split("/")[-1] for a in client.list_artifacts(broken_run_id(client), "gguf")}
     assert decision["promotion_reason"].startswith("regression_drop") and "max_regression 0.1" in \
         decision["promotion_reason"]
     assert client.get_model_version_by_alias("smollm2-booking", "champion").version == version.version
     assert Client().get_model_version("smollm2-booking", "production").number == 1
+
+
+def broken_run_id(client) -> str:
+    experiment = client.get_experiment_by_name("finetune").experiment_id
+    return client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id

@@ -86,7 +86,8 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     throughput = client.get_metric_history(mlflow_run.info.run_id, "train_step_tokens_per_second")
     assert len(throughput) == 4 and all(point.value > 0 for point in throughput)
     artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
-    assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json"} <= artifacts
+    assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json",
+            "serving_sample.json"} <= artifacts
     assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
     assert metrics["step_seconds_train_sft"] > 0 and "step_seconds_load_dataset" in metrics
     # the eval table pairs base and fine-tuned outputs, task rows and regression probes alike
@@ -108,6 +109,18 @@ def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monk
     assert latest_run().steps["export_model"].run_metadata["mlflow_run_id"] == mlflow_run.info.run_id
     [version] = client.search_model_versions("name='tiny-booking'")
     assert version.run_id == mlflow_run.info.run_id
+    # registered with MLflow's chat signature: a chat request in, an OpenAI-style completion out, the same greedy
+    # answer the export step generated (the default pipeline's test asks a real `mlflow models serve`)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(repo[1])  # models:/ URIs resolve against the global tracking URI
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/tiny-booking/{version.version}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    sample = mlflow.artifacts.load_dict(f"{mlflow_run.info.artifact_uri}/serving_sample.json")
+    [completion] = served.predict({"messages": sample["messages"], "max_tokens": sample["max_tokens"]})
+    assert completion["choices"][0]["message"]["content"] == sample["content"]
+    assert served.metadata.metadata["task"] == "llm/v1/chat"
     # the first version has nothing to beat: champion in MLflow, production in ZenML's Model Control Plane
     assert client.get_model_version_by_alias("tiny-booking", "champion").version == version.version
     assert metrics["promotion_promoted"] == 1.0

@@ -1,8 +1,9 @@
-"""A real MLflow server on loopback and headless Chromium (Debian's chromium + chromium-driver, installed by
+"""A real MLflow server (and `mlflow models serve`) on loopback and headless Chromium (Debian's chromium + chromium-driver, installed by
 `make browser`), for tests that look at the UI the way a user does."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,25 +28,45 @@ def free_port() -> int:
 def mlflow_server(backend_store_uri: str, log_path: Path):
     """`mlflow server` in its own process group; on exit the whole group (its uvicorn workers too) is stopped and
     checked gone."""
+    with _serving(["server", "--backend-store-uri", backend_store_uri, "--workers", "1"], log_path) as base:
+        yield base
+
+
+@contextmanager
+def mlflow_model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 300):
+    """`mlflow models serve` of a registry URI (e.g. models:/name@champion) in this environment, as a user runs it."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    with _serving(["models", "serve", "-m", model_uri, "--env-manager", "local", "--workers", "1"], log_path,
+                  env=env, timeout=timeout) as base:
+        yield base
+
+
+@contextmanager
+def _serving(mlflow_args: list[str], log_path: Path, env: dict | None = None, timeout: float = 120):
     port = free_port()
     with open(log_path, "w") as log:
-        server = subprocess.Popen([str(MLFLOW), "server", "--backend-store-uri", backend_store_uri, "--host",
-                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen([str(MLFLOW), *mlflow_args, "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 urllib.request.urlopen(f"{base}/health", timeout=2)
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"mlflow {mlflow_args[0]} did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
         yield base
     finally:
         stop_group(server)
+
+
+def post_json(url: str, payload: dict, timeout: float = 300):
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
 
 
 def stop_group(process: subprocess.Popen) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import asdict
+from typing import Any, Optional, Sequence
 
 import torch
 import yaml
@@ -25,7 +27,10 @@ import yaml
 from llm_engineering.data.templates import row_text
 from llm_engineering.model.loading import padding_side, save_tokenizer
 
+logger = logging.getLogger(__name__)
+
 MANIFEST = "SHA256SUMS"
+GGUF_CHECK = "gguf_check.json"
 ADAPTER_SUBDIR = "adapter"
 
 
@@ -44,13 +49,45 @@ def end_token_ids(tokenizer, base: dict[str, Any]) -> list[int]:
 
 
 def generation_config(tokenizer, base: dict[str, Any]) -> dict[str, Any]:
-    """Greedy-by-default generation settings that stop at every end token of the base model and of the chat template."""
-    config = {k: v for k, v in base.items() if k not in ("transformers_version",)}
+    """Greedy-by-default generation settings that stop at every end token of the base model and of the chat template.
+    `do_sample` is written out: transformers 5's text-generation pipeline (what `mlflow models serve` runs) samples at
+    temperature 0.7 unless the model's generation config says otherwise."""
+    config = {k: v for k, v in base.items() if v is not None and k not in ("transformers_version", "_from_model_config")}
+    config["do_sample"] = False  # what the evaluation and the serving check measured (the endpoint is greedy)
     ends = end_token_ids(tokenizer, base)
     config.update(eos_token_id=ends if len(ends) > 1 else ends[0], pad_token_id=tokenizer.pad_token_id)
     if tokenizer.bos_token_id is not None:
         config["bos_token_id"] = tokenizer.bos_token_id
     return config
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256)  # vLLM's max_lora_rank choices: it refuses adapters of other ranks
+
+
+def check_vllm_rank(rank: int) -> Optional[str]:
+    """A warning when vLLM will refuse to serve an adapter of this rank (None: it will serve it)."""
+    if rank in VLLM_LORA_RANKS:
+        return None
+    message = (f"adapter.r={rank}: vLLM serves LoRA ranks {', '.join(map(str, VLLM_LORA_RANKS))} only, so "
+               "`vllm serve --enable-lora` will refuse adapter/; the merged model serves anywhere")
+    logger.warning(message)
+    return message
+
+
+def serving_section(base_model: str, config: dict[str, Any]) -> str:
+    export = config.get("export", {})
+    name = Path(export.get("output_dir", "model")).name
+    rank = config.get("adapter", {}).get("r")
+    lines = ["## Serving",
+             "- MLflow (OpenAI-style chat, from the registry): `mlflow models serve -m \"models:/<name>@champion\" "
+             "--env-manager local`, then `POST /invocations` with `{\"messages\": [...], \"max_tokens\": 64}`.",
+             f"- vLLM, the adapter on the base: `vllm serve {base_model} --enable-lora --max-lora-rank "
+             f"{max(rank or 16, 16)} --lora-modules {name}=<this directory>/{ADAPTER_SUBDIR}`"
+             + ("" if rank in VLLM_LORA_RANKS else f" (rank {rank}: vLLM will refuse it)")]
+    if export.get("gguf"):
+        lines.append(f"- llama.cpp / Ollama: {', '.join(f'`model-{t}.gguf`' for t in export['gguf'])}; "
+                     "`ollama create <name> -f Modelfile` here, or `llama-server -m model-<type>.gguf`.")
+    return "\n".join(lines)
 
 
 def model_card(base_model: str, data: dict[str, Any], config: dict[str, Any], metrics: dict[str, float]) -> str:
@@ -82,6 +119,8 @@ inputs = tokenizer.apply_chat_template([{{"role": "user", "content": "..."}}], a
                                        return_tensors="pt", return_dict=True)
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0], skip_special_tokens=True))
 ```
+
+{serving_section(base_model, config)}
 
 ## Configuration
 ```yaml
@@ -129,8 +168,11 @@ def write_export(
     adapter_dir: Optional[Path] = None,
     max_shard_size: str = "5GB",
     overwrite: bool = True,
+    gguf_types: Sequence[str] = (),
+    check_rows: Sequence[dict] = (),
 ) -> Path:
-    """Assemble the export beside `output_dir`, write its manifest last, and rename it into place."""
+    """Assemble the export beside `output_dir`, write its manifest last, and rename it into place. `gguf_types`:
+    also GGUF files (and an Ollama Modelfile), each checked against `model` on `check_rows` first."""
     check_target(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
@@ -142,12 +184,35 @@ def write_export(
         (staging / "README.md").write_text(card)
         if adapter_dir is not None:
             shutil.copytree(adapter_dir, staging / ADAPTER_SUBDIR)
+        if gguf_types:
+            _write_gguf_files(model, tokenizer, staging, output_dir.name, gguf_types, check_rows, base_generation)
         write_manifest(staging)
         os.chmod(staging, 0o755)
         _replace_dir(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def _write_gguf_files(model, tokenizer, staging: Path, name: str, gguf_types, check_rows, base_generation) -> None:
+    from llm_engineering.model.gguf_export import verify_gguf, write_gguf
+    from llm_engineering.model.modelfile import modelfile
+
+    texts = [row_text(tokenizer, r) for r in check_rows]
+    reports = [verify_gguf(write_gguf(model, tokenizer, staging, staging / f"model-{t}.gguf", t, name), model,
+                           tokenizer, texts, t) for t in gguf_types]
+    (staging / GGUF_CHECK).write_text(json.dumps([asdict(r) for r in reports], indent=2))
+    served = min(reports, key=lambda r: r.bytes).file  # the smallest file that passed
+    ends = tokenizer.convert_ids_to_tokens(end_token_ids(tokenizer, base_generation))
+    (staging / "Modelfile").write_text(modelfile(tokenizer, served, ends))
+
+
+def gguf_metrics(output_dir: Path) -> dict[str, float]:
+    """The GGUF check figures an export recorded, as metrics (gguf_<type>_top1_agreement, ...; empty: no GGUF)."""
+    path = output_dir / GGUF_CHECK
+    reports = json.loads(path.read_text()) if path.is_file() else []
+    return {f"gguf_{r['gguf_type']}_{k}": float(r[k]) for r in reports
+            for k in ("bytes", "max_abs_logit_diff", "top1_agreement")}
 
 
 def _sha256(path: Path) -> str:
@@ -201,6 +266,20 @@ def load_exported(output_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     model = AutoModelForCausalLM.from_pretrained(output_dir, use_safetensors=True)
     return model, tokenizer
+
+
+def serving_sample(model, tokenizer, rows: list[dict], max_tokens: int) -> Optional[dict[str, Any]]:
+    """The exported model's own greedy answer to the first chat prompt among `rows`, as a chat request to the served
+    model would ask it: what `mlflow models serve` of this version must answer (None: no chat rows)."""
+    from llm_engineering.data.formats import chat_messages
+    from llm_engineering.evaluation.generation import generate
+
+    row = next((r for r in rows if r.get("messages") and not r.get("tools")), None)
+    if row is None:
+        return None
+    messages = chat_messages(row["messages"][:-1])
+    [(content, stopped)] = generate(model, tokenizer, [messages], max_tokens, batch_size=1)
+    return {"messages": messages, "max_tokens": max_tokens, "content": content.strip(), "stopped": stopped}
 
 
 @torch.no_grad()
