@@ -45,11 +45,12 @@ test-fast: install browser
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000
 
-# The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see the README).
+# The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see the README). MLflow starts
+# `uvicorn` from PATH, hence the venv's bin first.
 MODEL ?= smollm2-booking
 PORT  ?= 5001
 serve: install
-	MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/.mlflow/mlflow.db" $(BIN)/mlflow models serve \
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI="sqlite:///$(CURDIR)/.mlflow/mlflow.db" $(BIN)/mlflow models serve \
 	  -m "models:/$(MODEL)@champion" --env-manager local --host 127.0.0.1 --port $(PORT)
 
 clean:

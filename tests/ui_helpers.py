@@ -35,7 +35,8 @@ def mlflow_server(backend_store_uri: str, log_path: Path):
 @contextmanager
 def mlflow_model_server(model_uri: str, tracking_uri: str, log_path: Path, timeout: float = 300):
     """`mlflow models serve` of a registry URI (e.g. models:/name@champion) in this environment, as a user runs it."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # MLflow starts `uvicorn` from PATH: `make test` runs the venv's python without activating the venv
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{MLFLOW.parent}{os.pathsep}{os.environ['PATH']}"}
     with _serving(["models", "serve", "-m", model_uri, "--env-manager", "local", "--workers", "1"], log_path,
                   env=env, timeout=timeout) as base:
         yield base
