@@ -55,10 +55,14 @@ def main(argv=None) -> int:
                             "threshold_top1_agreement": CHECKS[gguf_type][1]})
             path.unlink()
 
-    print(f"{'type':6} {'MiB':>7} {'max|Δlogit|':>12} {'top-1':>7} {'ids =':>6} {'write s':>8} {'check s':>8}  pass")
+    # checked: against what the gate compares (f16: the merged weights rounded to f16); merged: the merged model
+    print(f"{'type':6} {'MiB':>7} {'checked max|Δ|':>15} {'top-1':>7} {'merged max|Δ|':>14} {'top-1':>7} "
+          f"{'ids =':>6} {'write s':>8} {'check s':>8}  pass")
+    nan = float("nan")
     for r in results:
-        print(f"{r['gguf_type']:6} {r.get('bytes', 0) / 2**20:7.1f} {r.get('max_abs_logit_diff', float('nan')):12.4f} "
-              f"{r.get('top1_agreement', float('nan')):7.4f} {str(r.get('tokenizer_ids_equal', '-')):>6} "
+        print(f"{r['gguf_type']:6} {r.get('bytes', 0) / 2**20:7.1f} {r.get('max_abs_logit_diff', nan):15.4f} "
+              f"{r.get('top1_agreement', nan):7.4f} {r.get('merged_max_abs_logit_diff', nan):14.4f} "
+              f"{r.get('merged_top1_agreement', nan):7.4f} {str(r.get('tokenizer_ids_equal', '-')):>6} "
               f"{r['write_seconds']:8.1f} {r['check_seconds']:8.1f}  {r['passed']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"export_dir": str(args.export_dir), "prompts": len(texts),

@@ -72,7 +72,7 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
 
     # A fine-tune that breaks the model (train.* changed: a learning rate fifty times too high; and GGUF files asked
     # for). The base model's evaluation comes from the cache; the broken version is registered as challenger, with the
-    # regression as reason; its GGUF files reproduce it (f16 max |Δlogit| <= 0.05, top-1 1.0; q8_0 top-1 >= 0.95).
+    # regression as reason; its GGUF files reproduce it (f16: top-1 1.0; q8_0: top-1 >= 0.95).
     config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
     config["parameters"]["config"]["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None,
                                                    eval_steps=4)

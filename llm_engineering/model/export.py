@@ -212,7 +212,8 @@ def gguf_metrics(output_dir: Path) -> dict[str, float]:
     path = output_dir / GGUF_CHECK
     reports = json.loads(path.read_text()) if path.is_file() else []
     return {f"gguf_{r['gguf_type']}_{k}": float(r[k]) for r in reports
-            for k in ("bytes", "max_abs_logit_diff", "top1_agreement")}
+            for k in ("bytes", "max_abs_logit_diff", "top1_agreement", "merged_max_abs_logit_diff",
+                      "merged_top1_agreement")}
 
 
 def _sha256(path: Path) -> str:

@@ -6,12 +6,14 @@ BPE tokenizer (tokens, token types, merges, pre-tokenizer type, special tokens),
 end-of-turn token; and an Ollama `Modelfile` beside them.
 
 Each file is checked before anything is registered: transformers' own GGUF loader reloads it (undoing the
-permutation and the quantization), its logits on the eval prompts are compared with the merged model's, and its
-tokenizer must encode the prompts to the same ids. Over a threshold the export fails, with nothing exported.
+permutation and the quantization), its logits on the eval prompts are compared with the merged model's (f16: with
+the merged weights rounded to f16, see CHECKS), and its tokenizer must encode the prompts to the same ids. Over a
+threshold the export fails, with nothing exported.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -26,8 +28,12 @@ from llm_engineering.config import GGUF_TYPES, ModelConfig
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama"}
-# type: (max |Δlogit| allowed, min top-1 agreement) against the merged model on the eval prompts
-CHECKS = {"f16": (5e-2, 1.0), "q8_0": (None, 0.95)}
+# type: (max |Δlogit| allowed, min top-1 agreement) on the eval prompts. f16 is compared with the merged model's
+# matrices rounded to f16 (norms fp32), which is exactly what the file holds: measured 0.0 there, so any layout or
+# tokenizer error shows. Against full precision that rounding alone moves the default export's logits by 0.063 over
+# ~1,000 tokens (one near-tie flips), and a bar there would fail correct files. q8_0 is compared with the merged
+# model. Both comparisons with the merged model are reported (merged_*).
+CHECKS = {"f16": (1e-3, 1.0), "q8_0": (None, 0.95)}
 
 # llama.cpp recognises a BPE pre-tokenizer by the hash of the ids it gives this text (convert_hf_to_gguf.py,
 # get_vocab_base_pre); the ones of the models this project is used with.
@@ -55,6 +61,8 @@ class GGUFReport:
     max_abs_logit_diff: float
     top1_agreement: float
     tokenizer_ids_equal: bool
+    merged_max_abs_logit_diff: float
+    merged_top1_agreement: float
 
 
 def gguf_problems(config, tokenizer, gguf_types) -> list[str]:
@@ -227,14 +235,27 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
     dtype = reference_model.dtype
-    reference = reference_model.float()(**batch).logits  # upcast in place: bf16 -> fp32 -> bf16 is exact
+    merged = reference_model.float()(**batch).logits  # upcast in place: bf16 -> fp32 -> bf16 is exact
+    reference = merged
+    if gguf_type == "f16":  # the file's weights: matrices in f16, norms in fp32
+        rounded = copy.deepcopy(reference_model)
+        for param in rounded.parameters():
+            if param.ndim >= 2:
+                param.copy_(param.half().float())
+        reference = rounded(**batch).logits
+        del rounded
     reference_model.to(dtype)
     logits = reloaded(**batch).logits
-    diff = (logits - reference).abs()[mask]
+
+    def agreement(expected):
+        return ((logits - expected).abs()[mask].max().item(),
+                (logits.argmax(-1) == expected.argmax(-1))[mask].float().mean().item())
+
+    (max_diff_seen, top1), (merged_diff, merged_top1) = agreement(reference), agreement(merged)
     report = GGUFReport(
-        gguf_type=gguf_type, file=path.name, bytes=path.stat().st_size, max_abs_logit_diff=diff.max().item(),
-        top1_agreement=(logits.argmax(-1) == reference.argmax(-1))[mask].float().mean().item(),
-        tokenizer_ids_equal=ids_equal,
+        gguf_type=gguf_type, file=path.name, bytes=path.stat().st_size, max_abs_logit_diff=max_diff_seen,
+        top1_agreement=top1, tokenizer_ids_equal=ids_equal, merged_max_abs_logit_diff=merged_diff,
+        merged_top1_agreement=merged_top1,
     )
     max_diff, min_top1 = CHECKS[gguf_type]
     problems = []
