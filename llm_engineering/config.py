@@ -282,6 +282,14 @@ class MergeConfig(_Section):
 GGUF_TYPES = ("f16", "q8_0")  # what the `gguf` package writes and transformers reads back (K-quants: llama.cpp)
 
 
+def unwritable_gguf_types(types) -> Optional[str]:
+    unknown = [t for t in types if t not in GGUF_TYPES]
+    if not unknown:
+        return None
+    return (f"export.gguf: {', '.join(map(repr, unknown))} cannot be written here; use {' or '.join(GGUF_TYPES)} "
+            "(K-quants such as q4_k_m need llama.cpp's llama-quantize on the f16 file)")
+
+
 class ExportConfig(_Section):
     output_dir: str = "outputs/model"
     overwrite: bool = True
@@ -302,11 +310,8 @@ class ExportConfig(_Section):
 
     @model_validator(mode="after")
     def _gguf_types_are_writable(self) -> "ExportConfig":
-        unknown = [t for t in self.gguf if t not in GGUF_TYPES]
-        if unknown:
-            raise ValueError(f"export.gguf: {', '.join(map(repr, unknown))} cannot be written here; use "
-                             f"{' or '.join(GGUF_TYPES)} (K-quants such as q4_k_m need llama.cpp's llama-quantize "
-                             "on the f16 file)")
+        if problem := unwritable_gguf_types(self.gguf):
+            raise ValueError(problem)
         return self
 
     def registry_name(self, zenml_model: Optional[str] = None) -> Optional[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm_engineering.config import GGUF_TYPES, ModelConfig
+from llm_engineering.config import ModelConfig, unwritable_gguf_types
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ class GGUFReport:
 
 def gguf_problems(config, tokenizer, gguf_types) -> list[str]:
     """Why these GGUF types of this model cannot be written (empty: they can)."""
-    problems = [f"export.gguf type {t!r} is not one this export writes; use {' or '.join(GGUF_TYPES)} (K-quants "
-                "need llama.cpp's llama-quantize on the f16 file)" for t in gguf_types if t not in GGUF_TYPES]
+    problems = [p for p in [unwritable_gguf_types(gguf_types)] if p]
     architectures = getattr(config, "architectures", None) or [type(config).__name__]
     if not any(a in ARCHITECTURES for a in architectures):
         problems.append(f"export.gguf: architecture {architectures[0]} is not supported; GGUF export writes "
@@ -225,6 +224,7 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llm_engineering.model.loading import padding_side
+    from llm_engineering.model.merge import logit_agreement
 
     reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     reloaded.eval()
@@ -247,11 +247,8 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
     reference_model.to(dtype)
     logits = reloaded(**batch).logits
 
-    def agreement(expected):
-        return ((logits - expected).abs()[mask].max().item(),
-                (logits.argmax(-1) == expected.argmax(-1))[mask].float().mean().item())
-
-    (max_diff_seen, top1), (merged_diff, merged_top1) = agreement(reference), agreement(merged)
+    (max_diff_seen, _, top1), (merged_diff, _, merged_top1) = (logit_agreement(expected, logits, mask)
+                                                                for expected in (reference, merged))
     report = GGUFReport(
         gguf_type=gguf_type, file=path.name, bytes=path.stat().st_size, max_abs_logit_diff=max_diff_seen,
         top1_agreement=top1, tokenizer_ids_equal=ids_equal, merged_max_abs_logit_diff=merged_diff,

@@ -86,7 +86,8 @@ def _logits(model, batch) -> torch.Tensor:
         return model(**batch.to(model.device)).logits.float().cpu()
 
 
-def _agreement(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+def logit_agreement(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    """max |Δlogit|, mean |Δlogit| and top-1 agreement over the unmasked positions."""
     diff = (reference - other).abs()[mask]
     top1 = (reference.argmax(-1) == other.argmax(-1))[mask].float().mean().item()
     return diff.max().item(), diff.mean().item(), top1
@@ -96,8 +97,8 @@ def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.T
                     comparison: str, saved: torch.Tensor | None = None) -> FidelityReport:
     """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`, or above `cfg.saved_max_logit_diff` for
     `saved` (the logits of the weights as saved; None: saved in fp32, the same as `merged`)."""
-    max_diff, mean_diff, top1 = _agreement(reference, merged, mask)
-    saved_max, _, saved_top1 = (max_diff, mean_diff, top1) if saved is None else _agreement(reference, saved, mask)
+    max_diff, mean_diff, top1 = logit_agreement(reference, merged, mask)
+    saved_max, _, saved_top1 = (max_diff, mean_diff, top1) if saved is None else logit_agreement(reference, saved, mask)
     report = FidelityReport(
         prompts=int(mask.shape[0]), tokens=int(mask.sum()), max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff,
         top1_agreement=top1, base_weights=cfg.base_weights, comparison=comparison,
