@@ -264,3 +264,17 @@ def test_a_failed_hub_push_names_the_repo_and_keeps_the_export(merged, tmp_path,
     with pytest.raises(ExportError, match="push to hub 'me/my-model' failed .* local export .* is complete"):
         push_to_hub(out, "me/my-model")
     assert verify_manifest(out) == []
+
+
+def test_an_adapter_rank_vllm_refuses_is_warned_about_and_the_card_says_how_to_serve(caplog):
+    from llm_engineering.model.export import check_vllm_rank
+
+    assert check_vllm_rank(16) is None
+    with caplog.at_level("WARNING"):
+        warning = check_vllm_rank(12)
+    assert "adapter.r=12" in warning and "vLLM" in caplog.text
+    config = {"adapter": {"r": 12}, "export": {"output_dir": "outputs/booking", "gguf": ["q8_0"]}}
+    card = model_card("HuggingFaceTB/SmolLM2-135M-Instruct", {}, config, {})
+    assert "vllm serve HuggingFaceTB/SmolLM2-135M-Instruct --enable-lora" in card
+    assert "--lora-modules booking=<this directory>/adapter` (rank 12: vLLM will refuse it)" in card
+    assert "`model-q8_0.gguf`" in card and "ollama create" in card
