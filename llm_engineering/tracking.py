@@ -82,6 +82,14 @@ def set_tags(tags: dict[str, str]) -> None:
         comet.log_others(tags)
 
 
+def set_description(text: str) -> None:
+    """The MLflow run's Description field (markdown, shown at the top of the run page)."""
+    if active_run_id():
+        import mlflow
+
+        mlflow.set_tag("mlflow.note.content", text)
+
+
 def log_dict(data: Any, artifact_file: str) -> None:
     if active_run_id():
         import mlflow

@@ -21,6 +21,7 @@ from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_d
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.model.export import check_push_credentials, check_target
 from llm_engineering.model.gguf_export import check_model_supports_gguf
+from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -30,7 +31,7 @@ from steps.merge_adapter import merge_adapter
 from steps.train_sft import train_sft
 
 
-@pipeline(name="finetune")
+@pipeline(name="finetune", on_start=on_stage_start, on_end=on_stage_end)  # the console's stage lines
 def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)

@@ -11,7 +11,7 @@ from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 
 
-@step(cache_policy=LIBRARY_AWARE)
+@step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step
 def evaluate_model(
     base_model: BaseModelRef,
     data_summary: dict[str, Any],

@@ -8,6 +8,7 @@ import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows, CheckpointDir
 from llm_engineering.config import ExportConfig, RunConfig, flatten
+from llm_engineering.console import run_description
 from llm_engineering.evaluation import ModelEvaluation, compare
 from llm_engineering.model.export import (
     check_vllm_rank, gguf_metrics, load_exported, model_card, push_to_hub, serving_sample, verify_export, write_export,
@@ -94,6 +95,7 @@ def export_model(
     summary = {"export_dir": str(out.resolve()), **metrics, **registered}
     if vllm_warning:
         summary["vllm_warning"] = vllm_warning
+    tracking.set_description(run_description(base_model.display_name, data_summary, run_config, summary))
     log_metadata(metadata=summary)
     stage = record_on_model_version(summary, decision.promoted if decision else None)
     if stage:

@@ -10,7 +10,7 @@ from llm_engineering.model.adapter import check_init_supported, inject_adapter a
 from llm_engineering.model.loading import BaseModelRef, checkpoint_location, load_model
 
 
-@step(cache_policy=LIBRARY_AWARE)
+@step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step
 def inject_adapter(base_model: BaseModelRef, adapter: AdapterConfig) -> Annotated[CheckpointDir, "initial_adapter"]:
     """Wrap the base in a LoRA adapter (targets checked against the real model) and save its initial weights."""
     check_init_supported(adapter)  # before loading anything

@@ -8,7 +8,7 @@ from llm_engineering.config import ModelConfig
 from llm_engineering.model.loading import BaseModelRef, load_base
 
 
-@step(cache_policy=LIBRARY_AWARE)
+@step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step
 def load_base_model(model: ModelConfig, checkpoint_digest: str = "") -> Annotated[BaseModelRef, "base_model"]:
     """Load the base model as configured (quantized or not) and hand on a reference, not the weights.
     `checkpoint_digest` (a local checkpoint's files) is here for the cache key: changed weights reload."""

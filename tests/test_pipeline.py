@@ -2,6 +2,7 @@
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def repo(tmp_path_factory, tiny_model_dir):
     config = write_config(root / "tiny.yaml", first_parameters(tiny_model_dir), model=ZENML_MODEL)
     first = run_pipeline(root, config)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    (root / "first-run.console").write_text(first.stdout + first.stderr)  # what the user saw
     return root, uri
 
 
@@ -171,6 +173,41 @@ def test_the_mlflow_ui_shows_the_params_the_loss_chart_and_the_champion(repo, tm
         browser.save_screenshot(str(shots / "registered_model.png"))
 
 
+def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(repo, monkeypatch):
+    root, uri = repo
+    console = (root / "first-run.console").read_text()
+    lines = console.splitlines()
+    ended = [line for line in lines if re.match(r"\[\d/8\] .* done in [\d.]+s", line)]
+    assert len(ended) == 8, console[-4000:]  # every stage's end line, each with its wall time
+    assert any(re.match(r"\[\d/8\] dataset done in .* 36 train \+ 4 eval rows of 40 read, 0 invalid", l) for l in ended)
+    assert any(re.search(r"SFT training done in .* 4 steps, loss [\d.]+ -> [\d.]+, \d+ tokens/s", l) for l in ended)
+    assert any(re.search(r"merge done in .* max \|Δlogit\| ", l) for l in ended)
+    assert [line for line in lines if re.match(r"    training: +\d+% \(\d/4 step", line)]  # progress, as lines
+    # nobody else's deprecations, nags or per-step INFO chatter
+    for noise in ("FutureWarning", "DeprecationWarning", "Comet API Key", "Failed to disable MLflow autologging",
+                  "system metrics", "Loading weights", "{'loss':", "Generating train split", "Saving the dataset"):
+        assert noise not in console, noise
+    # the closing summary: headline, export, registry, where to look; and nothing after it but ZenML's own last word
+    summary = console[console.rindex("Fine-tune finished: "):]
+    assert re.search(r"result +json_exact_match [\d.]+ -> [\d.]+, regression_drop -?[\d.]+, tiny-booking v1 "
+                     r"@champion", summary), summary
+    assert f"export     {(root / 'outputs' / 'tiny').resolve()}" in summary
+    assert "registry   models:/tiny-booking/1 (alias champion: make serve)" in summary
+    mlflow_run_id = re.search(r"MLflow +http://127\.0\.0\.1:5000/#/experiments/\d+/runs/([0-9a-f]{32})", summary)[1]
+
+    # the MLflow run spans the pipeline run (its Duration is the pipeline's wall time, not one step's) and its
+    # Description says what was fine-tuned and how it came out
+    monkeypatch.chdir(root)
+    zenml_run = Client().get_pipeline_run(re.search(r"Fine-tune finished: (\S+)", summary)[1])
+    pipeline_seconds = (zenml_run.end_time - zenml_run.start_time).total_seconds()
+    mlflow_run = mlflow.MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
+    mlflow_seconds = (mlflow_run.info.end_time - mlflow_run.info.start_time) / 1000
+    assert 0.9 * pipeline_seconds <= mlflow_seconds <= pipeline_seconds + 1, (mlflow_seconds, pipeline_seconds)
+    description = mlflow_run.data.tags["mlflow.note.content"]
+    assert "fine-tuned on **synthetic task** (messages, 36 train / 4 eval rows) with QLoRA r=4" in description
+    assert "Result: json_exact_match" in description and "Gate: no champion yet" in description
+
+
 def test_the_export_loads_with_plain_transformers_and_generates(repo):
     from llm_engineering.model.export import verify_manifest
 
@@ -191,6 +228,8 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps(repo, ti
     config = write_config(root / "tiny-lr.yaml", tiny_parameters(tiny_model_dir, learning_rate=1e-3), model=ZENML_MODEL)
     second = run_pipeline(root, config)
     assert second.returncode == 0, second.stderr[-5000:]
+    for cached in ("dataset", "base model", "LoRA adapter", "evaluate base"):  # said so, one line each
+        assert len(re.findall(rf"^\[\d/8\] {cached} cached", second.stderr, re.M)) == 1, second.stderr[-3000:]
     monkeypatch.chdir(root)
     steps = latest_run().steps
     assert {name: steps[name].status for name in STEPS[:3]} == {name: ExecutionStatus.CACHED for name in STEPS[:3]}

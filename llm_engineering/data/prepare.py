@@ -24,6 +24,7 @@ import numpy as np
 
 from llm_engineering.codebase import library_digest
 from llm_engineering.config import DataConfig, SourceConfig
+from llm_engineering.console import datasets_bar
 from llm_engineering.data.formats import FORMATS, RowProblem, detect_format, normalise, rename_columns
 from llm_engineering.data.sources import DataError, environment_cores, load_raw
 from llm_engineering.data.stats import length_stats
@@ -152,11 +153,12 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
         "trained_tokens": Value("int32"), "truncated": Value("bool"), "row_hash": Value("int64"),
         "problem": Value("string"),
     })
-    processed = rows.map(
-        process_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=features,
-        new_fingerprint=fingerprint, desc=f"preparing {src.name}",
-    )
+    with datasets_bar(f"preparing {src.name}", len(rows)):
+        processed = rows.map(
+            process_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=features,
+            new_fingerprint=fingerprint, desc=f"preparing {src.name}",
+        )
     import pyarrow.compute as pc
 
     bad = np.flatnonzero(pc.is_valid(processed.data.column("problem")).to_numpy(zero_copy_only=False))

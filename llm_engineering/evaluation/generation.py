@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llm_engineering.console import Progress
 from llm_engineering.data.formats import chat_messages, row_tools
 from llm_engineering.model.loading import padding_side
 
@@ -98,22 +99,31 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
 def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools):
     eos_ids = _eos_ids(model, tokenizer)
     results = []
-    for start in range(0, len(conversations), batch_size):
-        batch = zip(conversations[start : start + batch_size], tools[start : start + batch_size])
-        texts = [tokenizer.apply_chat_template(c, tools=t, tokenize=False, add_generation_prompt=True) for c, t in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        output = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos_ids,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row in output[:, inputs["input_ids"].shape[1] :].tolist():
-            stopped = any(t in eos_ids for t in row)
-            if stopped:
-                row = row[: next(i for i, t in enumerate(row) if t in eos_ids)]
-            results.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
+    with Progress(len(conversations), "generating", unit="prompt") as progress:
+        for start in range(0, len(conversations), batch_size):
+            results += _generate_batch(model, tokenizer, conversations[start: start + batch_size],
+                                       tools[start: start + batch_size], max_new_tokens, eos_ids)
+            progress.update(len(conversations[start: start + batch_size]))
+    return results
+
+
+def _generate_batch(model, tokenizer, conversations, tools, max_new_tokens, eos_ids):
+    texts = [tokenizer.apply_chat_template(c, tools=t, tokenize=False, add_generation_prompt=True)
+             for c, t in zip(conversations, tools)]
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    results = []
+    for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+        stopped = any(t in eos_ids for t in row)
+        if stopped:
+            row = row[: next(i for i, t in enumerate(row) if t in eos_ids)]
+        results.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
     return results
 
 

@@ -24,6 +24,7 @@ from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
 from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
 from llm_engineering.data.stats import padding_fraction
 from llm_engineering.model.precision import fast_bf16
+from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
@@ -85,10 +86,19 @@ def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, boo
     return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
 
 
+def _checkpointing_argument() -> str:
+    """transformers 5.2x renamed gradient_checkpointing (now a deprecated alias that warns) to activation_checkpointing."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
 def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig, output_dir: str):
     from trl import SFTConfig
 
     bf16, fp16 = mixed_precision(cfg, model_cfg)
+    checkpointing = _checkpointing_argument()
     return SFTConfig(
         output_dir=output_dir,
         max_steps=cfg.max_steps or -1,  # -1: transformers' "use num_train_epochs"
@@ -112,7 +122,7 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
         bf16=bf16,
         fp16=fp16,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=adapter_cfg.gradient_checkpointing,
+        **{checkpointing: adapter_cfg.gradient_checkpointing},
         include_num_input_tokens_seen="non_padding",
         dataset_kwargs={"skip_prepare_dataset": True},  # the dataset step already tokenized, masked and fitted
         report_to=[],  # metrics reach MLflow through the callbacks the caller passes
@@ -143,6 +153,7 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
         for param in trainer.model.parameters():
             if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
                 param.data = param.data.float()
+    use_console_progress(trainer)
     return trainer
 
 

@@ -1,0 +1,69 @@
+"""ZenML's side of the console: step hooks (`on_start`/`on_end`, set on the pipeline and so on every step) that print
+each stage's start and end line, with its wall time and the figure from the metadata the step logged; a line for
+each step ZenML took from its cache (no hook runs for those, so they are reported from the run's record when the
+next step starts); and, after the export step, the closing summary.
+
+Hooks run in the process that runs the step (the pipeline's own process on the local orchestrator, the step
+operator's process otherwise), inside ZenML's step context.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from zenml import get_step_context
+from zenml.client import Client
+from zenml.enums import ExecutionStatus
+
+from llm_engineering import console
+
+_started: dict[str, float] = {}  # step run id -> perf_counter at its start hook
+_reported_cached: set[str] = set()  # step run ids already reported as cached in this process
+
+
+def on_stage_start() -> None:
+    console.quiet_foreign_noise()
+    context = get_step_context()
+    _report_cached_steps(context.pipeline_run.id)
+    _started[str(context.step_run.id)] = time.perf_counter()
+    console.stage_started(context.step_name, *_position(context))
+
+
+def on_stage_end(exception: Optional[BaseException] = None) -> None:
+    context = get_step_context()
+    start = _started.pop(str(context.step_run.id), None)
+    seconds = time.perf_counter() - start if start is not None else None
+    step_run = Client().get_run_step(context.step_run.id)
+    metadata = dict(step_run.run_metadata)
+    console.stage_ended(context.step_name, seconds, metadata, exception, *_position(context))
+    if context.step_name == "export_model" and exception is None:
+        _report_cached_steps(context.pipeline_run.id)
+        console.say(console.summary_block(metadata, context.pipeline_run.name, _mlflow_url(metadata)))
+
+
+def _report_cached_steps(run_id) -> None:
+    run = Client().get_pipeline_run(run_id)
+    names = list(run.snapshot.step_configurations) if run.snapshot else []
+    for name, step in run.steps.items():
+        if step.status == ExecutionStatus.CACHED and str(step.id) not in _reported_cached:
+            _reported_cached.add(str(step.id))
+            index = names.index(name) + 1 if name in names else None
+            console.stage_cached(name, index, len(names) or None)
+
+
+def _position(context) -> tuple[Optional[int], Optional[int]]:
+    """Where this step stands in the pipeline's step order (the order the local orchestrator runs them in)."""
+    snapshot = context.pipeline_run.snapshot
+    names = list(snapshot.step_configurations) if snapshot else []
+    if context.step_name not in names:
+        return None, None
+    return names.index(context.step_name) + 1, len(names)
+
+
+def _mlflow_url(metadata: dict) -> Optional[str]:
+    """The run's page in `make ui` (the local tracking store's UI on 127.0.0.1:5000)."""
+    run_id, experiment_id = metadata.get("mlflow_run_id"), metadata.get("mlflow_experiment_id")
+    if not run_id or not experiment_id:
+        return None
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
