@@ -4,6 +4,7 @@ the model, which the gate refuses.
 Minutes, not seconds: marked slow."""
 
 import json
+import re
 import shutil
 
 import yaml
@@ -25,12 +26,19 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     shutil.copytree(PROJECT / "data", tmp_path / "data")  # the replay rows and the unseen eval file, as in a clone
     done = run_pipeline(tmp_path, PROJECT / "configs" / "default.yaml", timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    # the console a user reads: nobody's deprecations, and the run ends on our summary (ZenML's "finished" after it)
+    console = done.stdout + done.stderr
+    assert not re.search(r"FutureWarning|DeprecationWarning", console), console[-5000:]
+    tail = console[console.rindex("Fine-tune finished: "):].split("=" * 78 + "\n", 1)
+    assert "registry   models:/smollm2-booking/1 (alias champion: make serve)" in tail[0], tail[0]
+    assert all(re.search(r"export_model\S* has finished|Pipeline run has finished", line)
+               for line in tail[1].splitlines() if line.strip()), tail[1]
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
     metrics = run.data.metrics
     print({k: v for k, v in metrics.items() if k.startswith(("base_", "finetuned_", "merge_", "train_tok", "regr"))})
-    # the task learned on sentence shapes, names and restaurants training never showed (0.875 measured here; the
+    # the task learned on sentence shapes, names and restaurants training never showed (0.80-0.875 measured, by CPU; the
     # issue's 0.9 is not met, see README)...
     assert metrics["finetuned_json_exact_match"] >= 0.75 > metrics["base_json_exact_match"] + 0.5
     assert metrics["finetuned_stop_rate"] == 1.0  # EOS learned: every eval generation ended by itself
