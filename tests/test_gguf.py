@@ -11,7 +11,7 @@ import torch
 from llm_engineering.config import ConfigError, ModelConfig, load_run_config
 from llm_engineering.model import gguf_export
 from llm_engineering.model.embedded import embedded_model_dir, gguf_path
-from llm_engineering.model.export import gguf_metrics, load_exported, verify_manifest, write_export
+from llm_engineering.model.export import gguf_metrics, load_exported, verify_export, verify_manifest, write_export
 from llm_engineering.model.gguf_export import GGUFError, check_model_supports_gguf, write_gguf
 
 ROWS = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in [
@@ -73,6 +73,23 @@ def test_f16_and_q8_0_files_reproduce_the_merged_model_and_ship_in_the_export(ti
     # SmolLM2's template adds its own system prompt when a conversation has none; so does the Ollama template
     assert "{{ .Role }}" in modelfile and "You are a helpful AI assistant named SmolLM" in modelfile
     assert json.loads((out / "gguf_check.json").read_text())[0]["tokenizer_ids_equal"] is True
+
+
+def test_checking_a_gguf_leaves_a_bf16_model_as_it_was(tiny_model_dir, tmp_path):
+    """The GGUF check of a bf16 export (merge.dtype auto on a CPU with native bf16) must not touch the model the
+    export is then written from and verified against (it once cast it up and back, leaving RoPE's buffer in bf16)."""
+    model, tokenizer = load_exported(tiny_model_dir)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "merged-bf16")  # as the merge step saves it
+    tokenizer.save_pretrained(tmp_path / "merged-bf16")
+    model, tokenizer = load_exported(tmp_path / "merged-bf16")
+    assert model.dtype == torch.bfloat16
+    rotary_before = {name: buffer.dtype for name, buffer in model.named_buffers()}
+    batch = tokenizer(["Book a table for two at Casa Verde."], return_tensors="pt")
+    logits_before = model(**batch).logits
+    out = write_export(model, tokenizer, tmp_path / "export", "card", gguf_types=["f16"], check_rows=ROWS)
+    assert {name: buffer.dtype for name, buffer in model.named_buffers()} == rotary_before
+    assert torch.equal(model(**batch).logits, logits_before)
+    assert verify_export(out, model, ROWS)[2] == 0.0
 
 
 def test_a_gguf_with_a_layout_error_fails_its_check_and_leaves_the_previous_export(tiny_model_dir, tmp_path,

@@ -234,17 +234,17 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
     with padding_side(tokenizer, "right"):
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
-    dtype = reference_model.dtype
-    merged = reference_model.float()(**batch).logits  # upcast in place: bf16 -> fp32 -> bf16 is exact
+    # An fp32 copy, never the model itself: a bf16 model cast up and back would keep its rotary inv_freq buffer in
+    # bf16 (it loads in fp32), and the export written from it afterwards would not match its own reload.
+    upcast = copy.deepcopy(reference_model).float()
+    merged = upcast(**batch).logits
     reference = merged
     if gguf_type == "f16":  # the file's weights: matrices in f16, norms in fp32
-        rounded = copy.deepcopy(reference_model)
-        for param in rounded.parameters():
+        for param in upcast.parameters():
             if param.ndim >= 2:
                 param.copy_(param.half().float())
-        reference = rounded(**batch).logits
-        del rounded
-    reference_model.to(dtype)
+        reference = upcast(**batch).logits
+    del upcast
     logits = reloaded(**batch).logits
 
     (max_diff_seen, _, top1), (merged_diff, _, merged_top1) = (logit_agreement(expected, logits, mask)
