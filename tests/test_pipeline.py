@@ -178,7 +178,9 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     console = (root / "first-run.console").read_text()
     lines = console.splitlines()
     ended = [line for line in lines if re.match(r"\[\d/8\] .* done in [\d.]+s", line)]
-    assert len(ended) == 8, console[-4000:]  # every stage's end line, each with its wall time
+    cached = [line for line in lines if re.match(r"\[\d/8\] .* cached \(", line)]  # other tests' runs share the store
+    # every stage says how it ended, once: with its wall time, or that it came from the cache
+    assert sorted(int(line[1]) for line in ended + cached) == list(range(1, 9)), console[-4000:]
     assert any(re.match(r"\[\d/8\] dataset done in .* 36 train \+ 4 eval rows of 40 read, 0 invalid", l) for l in ended)
     assert any(re.search(r"SFT training done in .* 4 steps, loss [\d.]+ -> [\d.]+, \d+ tokens/s", l) for l in ended)
     assert any(re.search(r"merge done in .* max \|Δlogit\| ", l) for l in ended)
@@ -187,7 +189,7 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     for noise in ("FutureWarning", "DeprecationWarning", "Comet API Key", "Failed to disable MLflow autologging",
                   "system metrics", "Loading weights", "{'loss':", "Generating train split", "Saving the dataset"):
         assert noise not in console, noise
-    # the closing summary: headline, export, registry, where to look; and nothing after it but ZenML's own last word
+    # the closing summary: headline, export, registry, where to look
     summary = console[console.rindex("Fine-tune finished: "):]
     assert re.search(r"result +json_exact_match [\d.]+ -> [\d.]+, regression_drop -?[\d.]+, tiny-booking v1 "
                      r"@champion", summary), summary
@@ -202,7 +204,9 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     pipeline_seconds = (zenml_run.end_time - zenml_run.start_time).total_seconds()
     mlflow_run = mlflow.MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
     mlflow_seconds = (mlflow_run.info.end_time - mlflow_run.info.start_time) / 1000
-    assert 0.9 * pipeline_seconds <= mlflow_seconds <= pipeline_seconds + 1, (mlflow_seconds, pipeline_seconds)
+    # (before every step was tracked it began with the first tracked step: 124.9 s of a 132 s run)
+    assert abs(mlflow_seconds - pipeline_seconds) <= max(3.0, 0.05 * pipeline_seconds), (mlflow_seconds,
+                                                                                         pipeline_seconds)
     description = mlflow_run.data.tags["mlflow.note.content"]
     assert "fine-tuned on **synthetic task** (messages, 36 train / 4 eval rows) with QLoRA r=4" in description
     assert "Result: json_exact_match" in description and "Gate: no champion yet" in description

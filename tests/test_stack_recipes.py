@@ -79,10 +79,10 @@ def test_every_recipe_registers_as_a_real_stack_and_three_compile_to_a_gpu_plan(
     script = f"""
 import json, sys
 from zenml.client import Client
+Client.initialize()  # first: the pipeline's hooks are resolved against the repository's source root on import
 from llm_engineering.orchestration import recipes
 from pipelines import plan
 
-Client.initialize()
 client = Client()
 # before the secrets exist: refused by name, and nothing is registered
 existing = len(client.list_stack_components(size=50).items)
