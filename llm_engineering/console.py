@@ -275,7 +275,7 @@ def summary_block(summary: dict[str, Any], run_name: str, mlflow_url: Optional[s
                         else ""))
     if mlflow_url:
         lines.append(f"  MLflow     {mlflow_url}   (make ui)")
-    lines.append(f"  ZenML      run {run_name}   (zenml pipeline runs list; make dashboard)")
+    lines.append(f"  ZenML      run {run_name}   (zenml pipeline runs list)")
     if summary.get("vllm_warning"):
         lines.append(f"  note       {summary['vllm_warning']}")
     lines.append("=" * 78)
