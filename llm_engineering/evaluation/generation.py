@@ -101,9 +101,10 @@ def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools
     results = []
     with Progress(len(conversations), "generating", unit="prompt") as progress:
         for start in range(0, len(conversations), batch_size):
-            results += _generate_batch(model, tokenizer, conversations[start: start + batch_size],
-                                       tools[start: start + batch_size], max_new_tokens, eos_ids)
-            progress.update(len(conversations[start: start + batch_size]))
+            batch = conversations[start: start + batch_size]
+            results += _generate_batch(model, tokenizer, batch, tools[start: start + batch_size], max_new_tokens,
+                                       eos_ids)
+            progress.update(len(batch))
     return results
 
 

@@ -234,9 +234,11 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
     with padding_side(tokenizer, "right"):
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     mask = batch["attention_mask"].bool()
-    # An fp32 copy, never the model itself: a bf16 model cast up and back would keep its rotary inv_freq buffer in
-    # bf16 (it loads in fp32), and the export written from it afterwards would not match its own reload.
-    upcast = copy.deepcopy(reference_model).float()
+    # An fp32 copy where anything would change, never the model itself: a bf16 model cast up and back would keep its
+    # rotary inv_freq buffer in bf16 (it loads in fp32), and the export written from it afterwards would not match
+    # its own reload; f16 rounds the copy's matrices. An fp32 model checked against q8_0 is used as it is.
+    changes = reference_model.dtype != torch.float32 or gguf_type == "f16"
+    upcast = copy.deepcopy(reference_model).float() if changes else reference_model
     merged = upcast(**batch).logits
     reference = merged
     if gguf_type == "f16":  # the file's weights: matrices in f16, norms in fp32

@@ -1,8 +1,8 @@
 """The ZenML extension of the library, and the only package in it that imports zenml.
 
 Importing it quiets other libraries' noise (console.py), turns on MLflow's system metrics (unless the environment
-says otherwise) and registers our materializers and ZenML's Hugging Face ones (without that import a `datasets.Dataset` output would fall back to ZenML's pickle
-materializer).
+says otherwise) and registers our materializers and ZenML's Hugging Face ones (without that import a
+`datasets.Dataset` output would fall back to ZenML's pickle materializer).
 """
 
 import os

@@ -22,8 +22,7 @@ _started: dict[str, float] = {}  # step run id -> perf_counter at its start hook
 _reported_cached: set[str] = set()  # step run ids already reported as cached in this process
 
 
-def on_stage_start() -> None:
-    console.quiet_foreign_noise()
+def on_stage_start() -> None:  # (the noise filters are on: importing this package installed them)
     context = get_step_context()
     _report_cached_steps(context.pipeline_run.id)
     _started[str(context.step_run.id)] = time.perf_counter()
@@ -44,7 +43,7 @@ def on_stage_end(exception: Optional[BaseException] = None) -> None:
 
 def _report_cached_steps(run_id) -> None:
     run = Client().get_pipeline_run(run_id)
-    names = list(run.snapshot.step_configurations) if run.snapshot else []
+    names = _step_order(run.snapshot)
     for name, step in run.steps.items():
         if step.status == ExecutionStatus.CACHED and str(step.id) not in _reported_cached:
             _reported_cached.add(str(step.id))
@@ -54,11 +53,14 @@ def _report_cached_steps(run_id) -> None:
 
 def _position(context) -> tuple[Optional[int], Optional[int]]:
     """Where this step stands in the pipeline's step order (the order the local orchestrator runs them in)."""
-    snapshot = context.pipeline_run.snapshot
-    names = list(snapshot.step_configurations) if snapshot else []
+    names = _step_order(context.pipeline_run.snapshot)
     if context.step_name not in names:
         return None, None
     return names.index(context.step_name) + 1, len(names)
+
+
+def _step_order(snapshot) -> list[str]:
+    return list(snapshot.step_configurations) if snapshot else []
 
 
 def _mlflow_url(metadata: dict) -> Optional[str]:
