@@ -44,3 +44,13 @@ def first_rows(dataset, n: int) -> list[dict]:
     if isinstance(dataset, list):
         return dataset[:n]
     return dataset.select(range(min(n, len(dataset)))).to_list()
+
+
+class Report(dict):
+    """A step's summary (a dict of JSON values) plus its views for the ZenML dashboard: file name -> content (`.png`
+    bytes, `.html` or `.md` text, see `llm_engineering.views`). The views are written once, when the artifact is
+    stored; a loaded report is the dict alone, so downstream steps see a plain dict."""
+
+    def __init__(self, data=(), views: dict[str, bytes | str] | None = None):
+        super().__init__(data)
+        self.views = dict(views or {})

@@ -4,11 +4,12 @@ from datasets import Dataset
 from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import CheckpointDir, Report
 from llm_engineering.config import EvalConfig
 from llm_engineering.evaluation import evaluate_checkpoint
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
+from llm_engineering.views import evaluation_views
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step
@@ -22,7 +23,7 @@ def evaluate_model(
     files_digest: str,
     eval_dataset: Optional[Dataset] = None,
     merged_model: Optional[CheckpointDir] = None,
-) -> Annotated[dict[str, Any], "evaluation"]:
+) -> Annotated[Report, "evaluation"]:
     """Score the base model (no `merged_model`; cached while the base, the eval rows and the settings stay) or the
     merged fine-tune on the eval rows (`eval_dataset`, or `evaluation.eval_file`) and the regression probes.
     `files_digest`: the content of the evaluation's own files, for the cache key."""
@@ -31,4 +32,5 @@ def evaluate_model(
     result = evaluate_checkpoint(base_model.config, merged_model.path if merged_model else None, eval_dataset,
                                  evaluation, task_metric, dtype, max_length)
     log_metadata(metadata=result.metrics)
-    return result.as_dict()
+    evaluation_dict = result.as_dict()
+    return Report(evaluation_dict, evaluation_views(evaluation_dict))

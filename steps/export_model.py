@@ -6,7 +6,7 @@ from zenml import log_metadata, step
 
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
-from llm_engineering.artifacts import first_rows, CheckpointDir
+from llm_engineering.artifacts import first_rows, CheckpointDir, Report
 from llm_engineering.config import ExportConfig, RunConfig, flatten
 from llm_engineering.console import run_description
 from llm_engineering.evaluation import ModelEvaluation, compare
@@ -20,6 +20,7 @@ from llm_engineering.orchestration.model_control_plane import (
     step_wall_seconds,
     zenml_model_name,
 )
+from llm_engineering.views import export_views
 from llm_engineering.promotion import apply_decision, current_champion, decide
 
 
@@ -36,7 +37,7 @@ def export_model(
     finetuned_evaluation: dict[str, Any],
     export: ExportConfig,
     run_config: dict[str, Any],
-) -> Tuple[Annotated[str, "export_dir"], Annotated[dict[str, Any], "evaluation_metrics"]]:
+) -> Tuple[Annotated[str, "export_dir"], Annotated[Report, "evaluation_metrics"]]:
     """Write the servable directory atomically, verify it reloads, register it in MLflow, and gate it: champion
     (ZenML stage production) only if it beats the current champion on the same eval data without regressing."""
     config = RunConfig.model_validate(run_config)
@@ -100,4 +101,4 @@ def export_model(
     stage = record_on_model_version(summary, decision.promoted if decision else None)
     if stage:
         summary["zenml_model_stage"] = stage
-    return str(out.resolve()), summary
+    return str(out.resolve()), Report(summary, export_views(card, samples, summary))

@@ -6,20 +6,22 @@ from zenml import log_metadata, step
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering import tracking
-from llm_engineering.artifacts import first_rows, CheckpointDir, scratch_output
+from llm_engineering.artifacts import first_rows, CheckpointDir, Report, scratch_output
 from llm_engineering.config import MergeConfig
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model.merge import merge_adapter as merge
+from llm_engineering.views import merge_views
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
 def merge_adapter(
     base_model: BaseModelRef, trained_adapter: CheckpointDir, eval_dataset: Dataset, merge_config: MergeConfig
-) -> Tuple[Annotated[CheckpointDir, "merged_model"], Annotated[dict, "merge_report"]]:
+) -> Tuple[Annotated[CheckpointDir, "merged_model"], Annotated[Report, "merge_report"]]:
     """merge_and_unload into full-precision weights; fails before export if merged logits drift from the adapter's."""
     with scratch_output("merged-model-") as out:
         report = merge(base_model.config, merge_config, trained_adapter.path, first_rows(eval_dataset, merge_config.fidelity_prompts), out)
     tracking.log_metrics(report.metrics())
     tracking.log_dict(report.__dict__, "merge_fidelity.json")
     log_metadata(metadata=report.metrics())
-    return CheckpointDir(out, temporary=True), report.__dict__
+    views = merge_views(report.__dict__, merge_config.max_logit_diff)
+    return CheckpointDir(out, temporary=True), Report(report.__dict__, views)

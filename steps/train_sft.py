@@ -9,7 +9,7 @@ import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering import tracking
 from llm_engineering.orchestration.model_control_plane import process_metadata
-from llm_engineering.artifacts import CheckpointDir, scratch_output
+from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig, flatten
 from llm_engineering.model.curves import loss_curve
 from llm_engineering.model.loading import BaseModelRef
@@ -26,7 +26,7 @@ def train_sft(
     data_summary: dict,
     adapter: AdapterConfig,
     train: TrainConfig,
-) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[dict[str, float], "training_metrics"]]:
+) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[Report, "training_metrics"]]:
     """TRL SFT of the adapter; loss curves stream to MLflow, the trained adapter is the output."""
     checkpoints = None
     if train.checkpoint_steps:
@@ -43,8 +43,10 @@ def train_sft(
     metrics = result.metrics()
     tracking.log_adapter_model(out, flatten(adapter, prefix="adapter."))
     with tempfile.TemporaryDirectory() as plots:
-        tracking.log_artifact(loss_curve(result.log_history, Path(plots) / "loss_curve.png"), "training")
+        picture = loss_curve(result.log_history, Path(plots) / "loss_curve.png")
+        tracking.log_artifact(picture, "training")
+        views = {"loss_curve.png": picture.read_bytes()}
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
         tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})
     log_metadata(metadata={**metrics, **process_metadata()})
-    return CheckpointDir(out, temporary=True), metrics
+    return CheckpointDir(out, temporary=True), Report(metrics, views)

@@ -11,6 +11,7 @@ def loss_curve(log_history: list[dict], path: Path) -> Path:
 
     matplotlib.use("Agg")  # no display on servers and in step containers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e and "step" in e]
@@ -20,7 +21,10 @@ def loss_curve(log_history: list[dict], path: Path) -> Path:
             axes.plot(*zip(*points), style, label=label)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss (per trained token)")
-    axes.set_yscale("log")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    losses = [loss for _, loss in train + evals if loss > 0]
+    if losses and max(losses) / min(losses) >= 4:  # a long run's fall reads on a log axis; a short one's does not
+        axes.set_yscale("log")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)

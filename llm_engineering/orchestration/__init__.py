@@ -16,4 +16,4 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
 
 import zenml.integrations.huggingface.materializers  # noqa: F401  (registers the datasets/transformers materializers)
 
-from llm_engineering.orchestration.materializers import CheckpointDirMaterializer  # noqa: F401
+from llm_engineering.orchestration.materializers import CheckpointDirMaterializer, ReportMaterializer  # noqa: F401

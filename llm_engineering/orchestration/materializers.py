@@ -1,4 +1,4 @@
-"""ZenML materializer for checkpoint directories (adapters, merged models).
+"""ZenML materializers: checkpoint directories (adapters, merged models) and reports (step summaries with views).
 
 Files are stored as they are: safetensors do not compress, so a tarball (ZenML's Path materializer) would only cost
 time. On a local artifact store loading hands back the stored directory itself (read-only use), so a 270 MB merged
@@ -7,17 +7,18 @@ model is not copied again for every reader; on a remote store it is downloaded o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Tuple, Type
+from typing import Any, ClassVar, Dict, Tuple, Type
 
-from zenml.enums import ArtifactType
+from zenml.enums import ArtifactType, VisualizationType
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
-from llm_engineering.artifacts import CheckpointDir
+from llm_engineering.artifacts import CheckpointDir, Report
 
 
 class CheckpointDirMaterializer(BaseMaterializer):
@@ -48,3 +49,37 @@ class CheckpointDirMaterializer(BaseMaterializer):
         names = [str(n) for n in fileio.listdir(self.uri)]
         size = sum(fileio.size(os.path.join(self.uri, n)) or 0 for n in names)
         return {"files": len(names), "size_mib": round(size / 2**20, 2)}
+
+
+VIEW_TYPES = {".png": VisualizationType.IMAGE, ".html": VisualizationType.HTML, ".md": VisualizationType.MARKDOWN}
+
+
+class ReportMaterializer(BaseMaterializer):
+    """A report as JSON (what downstream steps load) plus its views as files ZenML's dashboard shows."""
+
+    ASSOCIATED_TYPES: ClassVar[Tuple[Type[Any], ...]] = (Report,)
+    ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
+
+    def load(self, data_type: Type[Any]) -> Report:
+        with fileio.open(os.path.join(self.uri, "report.json"), "r") as file:
+            return Report(json.load(file))
+
+    def save(self, data: Report) -> None:
+        fileio.makedirs(self.uri)
+        with fileio.open(os.path.join(self.uri, "report.json"), "w") as file:
+            json.dump(dict(data), file, default=_json_scalar)
+
+    def save_visualizations(self, data: Report) -> Dict[str, VisualizationType]:
+        saved = {}
+        for name, content in getattr(data, "views", {}).items():
+            uri = os.path.join(self.uri, name)
+            with fileio.open(uri, "wb" if isinstance(content, bytes) else "w") as file:
+                file.write(content)
+            saved[uri] = VIEW_TYPES[Path(name).suffix]
+        return saved
+
+
+def _json_scalar(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} in a report is not JSON: {value!r}")
