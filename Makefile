@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser setup run test test-fast ui serve clean
+.PHONY: install browser setup run test test-fast ui dashboard serve clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ test-fast: install browser
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000
+
+# ZenML's dashboard over the runs (the pipeline DAG, artifacts and their visualizations), on loopback.
+DASHBOARD_PORT ?= 8237
+dashboard: setup
+	$(BIN)/python -m llm_engineering.orchestration.dashboard --port $(DASHBOARD_PORT)
 
 # The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see the README). MLflow starts
 # `uvicorn` from PATH, hence the venv's bin first.

@@ -13,7 +13,7 @@ from zenml.enums import ExecutionStatus
 
 from llm_engineering.model.export import load_exported
 from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, tiny_parameters, write_config
-from tests.ui_helpers import chromium, mlflow_server
+from tests.ui_helpers import chromium, mlflow_server, zenml_dashboard
 
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
          "evaluate_finetuned", "export_model"]
@@ -171,6 +171,52 @@ def test_the_mlflow_ui_shows_the_params_the_loss_chart_and_the_champion(repo, tm
         wait.until(lambda _: "@ champion" in text())
         assert f"Version {champion.version}" in text()
         browser.save_screenshot(str(shots / "registered_model.png"))
+
+
+def test_the_zenml_dashboard_draws_the_run_and_the_loss_curve(repo, tmp_path, monkeypatch):
+    """`make dashboard` over the run's store: the run's DAG with every step, and the training step's loss curve
+    drawn from the training_metrics artifact's visualization, in headless Chromium."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, _ = repo
+    monkeypatch.chdir(root)
+    run = latest_run()
+    shots = PROJECT / "outputs" / "ui-test"
+    shots.mkdir(parents=True, exist_ok=True)
+    with zenml_dashboard(root, tmp_path / "dashboard.log") as (base, printed), chromium() as browser:
+        assert f"ZenML dashboard: {base}" in printed
+        assert f"latest finetune run: {base}/projects/default/runs/{run.id}" in printed
+        # the page re-renders as its queries come back: an element found a moment ago may be gone, so look again
+        wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
+
+        def click(find):  # click what `find` returns, found afresh until the click lands
+            wait.until(lambda d: find(d) and (find(d)[0].click() or True))
+
+        browser.get(f"{base}/projects/default/runs/{run.id}")
+
+        def nodes(driver):  # each step and artifact of the DAG is a node: its name, then its type
+            return {n.text.split("\n")[0]: n for n in driver.find_elements(By.CSS_SELECTOR, ".react-flow__node")}
+
+        wait.until(lambda d: set(STEPS) <= set(nodes(d)))
+        browser.save_screenshot(str(shots / "zenml_run_dag.png"))
+
+        click(lambda d: [node for name, node in nodes(d).items() if name == "training_metrics"])
+        click(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text.strip() == "Visualization"][-1:])
+        click(lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Load Preview"])
+
+        def loss_curve(driver):  # the PNG the training step stored, decoded by the browser
+            for image in driver.find_elements(By.TAG_NAME, "img"):
+                if (image.get_attribute("src") or "").startswith("data:image/png;base64,") and \
+                        driver.execute_script("return arguments[0].naturalWidth", image) > 0:
+                    return image
+            return None
+
+        assert wait.until(loss_curve)
+        browser.save_screenshot(str(shots / "zenml_loss_curve.png"))
+        server_log = tmp_path / "dashboard.log"
+    assert "Traceback" not in server_log.read_text(), server_log.read_text()[-3000:]
 
 
 def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(repo, monkeypatch):

@@ -1,5 +1,5 @@
 """A real MLflow server (and `mlflow models serve`) on loopback and headless Chromium (Debian's chromium + chromium-driver, installed by
-`make browser`), for tests that look at the UI the way a user does."""
+`make browser`), for tests that look at the UI the way a user does; and ZenML's dashboard (`make dashboard`)."""
 
 from __future__ import annotations
 
@@ -50,18 +50,23 @@ def _serving(mlflow_args: list[str], log_path: Path, env: dict | None = None, ti
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow {mlflow_args[0]} did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+        wait_healthy(server, base, log_path, timeout, f"mlflow {mlflow_args[0]}")
         yield base
     finally:
         stop_group(server)
+
+
+def wait_healthy(server: subprocess.Popen, base: str, log_path: Path, timeout: float, what: str) -> None:
+    """Until `base`/health answers; fails with the server's log if it exits or the timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
 
 
 def post_json(url: str, payload: dict, timeout: float = 300):
@@ -83,7 +88,7 @@ def stop_group(process: subprocess.Popen) -> None:
     while group_alive(process.pid):  # workers outliving their parent would hold the port
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
-            raise AssertionError(f"processes of mlflow server group {process.pid} outlived SIGTERM")
+            raise AssertionError(f"processes of server group {process.pid} outlived SIGTERM")
         time.sleep(0.2)
 
 
@@ -113,3 +118,20 @@ def chromium():
         yield driver
     finally:
         driver.quit()
+
+
+@contextmanager
+def zenml_dashboard(cwd: Path, log_path: Path, timeout: float = 180):
+    """`python -m llm_engineering.orchestration.dashboard` (what `make dashboard` runs) in `cwd`'s ZenML repository,
+    in its own process group; yields (base URL, what it printed); on exit the whole group is stopped and checked
+    gone."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "llm_engineering.orchestration.dashboard", "--port", str(port)],
+                                  cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(server, base, log_path, timeout, "the ZenML dashboard")
+        yield base, log_path.read_text()
+    finally:
+        stop_group(server)
