@@ -9,26 +9,46 @@ from typing import Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# (name, lowest, highest) of the five cron fields
-CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
-CRON_ITEM = re.compile(r"^(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?$")
+CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day of month", "1-31"), ("month", "1-12 or jan-dec"),
+               ("day of week", "0-7 or sun-sat"))
+# what Debian's cron, Kubernetes CronJobs, Vertex and Airflow all accept; croniter alone also takes seconds, L, #, ?, H
+CRON_ITEM = re.compile(r"^(\*|(\d+|[A-Za-z]{3})(?:-(\d+|[A-Za-z]{3}))?)(?:/(\d+))?$")  # names: jan, mon
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+CRON_HELP = ("minute hour day-of-month month day-of-week, e.g. '0 3 * * *' or '0 3 * * MON-FRI', or one of "
+             + ", ".join(CRON_ALIASES))
 
 
 def check_cron(expression: str) -> str:
-    """The expression if it is a standard 5-field cron expression, else a ValueError naming the bad field."""
+    """The expression if every cron scheduler this project targets runs it (five fields with numbers, names, ranges,
+    lists and steps, or an @alias) and it fires at all; else a ValueError naming the bad field."""
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
     fields = expression.split()
+    if expression.startswith("@"):
+        if expression.strip().lower() not in CRON_ALIASES:
+            raise ValueError(f"cron expression {expression!r} is not a known alias; use {CRON_HELP}")
+        return expression
     if len(fields) != 5:
-        raise ValueError(f"cron expression {expression!r} has {len(fields)} fields; it needs 5: "
-                         "minute hour day-of-month month day-of-week, e.g. '0 3 * * *'")
-    for value, (name, low, high) in zip(fields, CRON_FIELDS):
-        for item in value.split(","):
-            match = CRON_ITEM.match(item)
-            numbers = [int(n) for n in match.groups()[1:3] if n is not None] if match else []
-            step = match.group(4) if match else None
-            if not match or any(not low <= n <= high for n in numbers) or (step is not None and int(step) == 0) \
-                    or (len(numbers) == 2 and numbers[0] > numbers[1]):
-                raise ValueError(f"cron expression {expression!r}: {name} field {value!r} is not valid "
-                                 f"(values {low}-{high}, '*', ranges a-b, lists a,b, steps */n)")
+        raise ValueError(f"cron expression {expression!r} has {len(fields)} fields; it needs 5: {CRON_HELP}")
+    for index, (value, (name, values)) in enumerate(zip(fields, CRON_FIELDS)):
+        alone = " ".join(value if i == index else "*" for i in range(5))  # this field checked on its own
+        try:
+            items = [CRON_ITEM.match(item) for item in value.split(",")]
+            if not all(items):
+                raise ValueError("unsupported syntax")
+            croniter(alone)
+        except (CroniterError, ValueError):
+            raise ValueError(f"cron expression {expression!r}: {name} field {value!r} is not valid (values "
+                             f"{values}, '*', ranges a-b, lists a,b, steps */n)") from None
+        for item in items:  # croniter wraps a reversed range around; cron and Kubernetes refuse it
+            low, high = item.group(2), item.group(3)
+            if high is not None and low.isdigit() and high.isdigit() and int(low) > int(high):
+                raise ValueError(f"cron expression {expression!r}: {name} field {value!r} is not valid (the range "
+                                 f"{low}-{high} runs backwards)")
+    try:
+        croniter(expression).get_next()
+    except CroniterBadDateError:
+        raise ValueError(f"cron expression {expression!r} never fires (no such date)") from None
     return expression
 
 

@@ -23,14 +23,21 @@ def test_the_shipped_schedule_file_is_valid():
     ("0 3 * 13 *", "month field '13'"),
     ("*/0 * * * *", "minute field '*/0'"),
     ("0 5-2 * * *", "hour field '5-2'"),
-    ("0 3 * * mon", "day of week field 'mon'"),
+    ("0 3 * * 8", "day of week field '8'"),
+    ("0 3 * * fun", "day of week field 'fun'"),
+    ("0 3 L * *", "day of month field 'L'"),  # croniter's extensions no cron daemon or CronJob takes
+    ("0 3 * * 1#2", "day of week field '1#2'"),
+    ("0 0 30 2 *", "never fires"),
+    ("0 3 * * * *", "has 6 fields"),
+    ("@reboot", "not a known alias"),
 ])
 def test_bad_cron_expressions_name_the_field(expression, problem):
     with pytest.raises(ValueError, match=problem.replace("*", r"\*")):
         check_cron(expression)
 
 
-@pytest.mark.parametrize("expression", ["0 3 * * *", "*/15 8-18 * * 1-5", "0,30 0 1,15 * 0", "5 4 * * 7"])
+@pytest.mark.parametrize("expression", ["0 3 * * *", "*/15 8-18 * * 1-5", "0,30 0 1,15 * 0", "5 4 * * 7",
+                                        "0 3 * * MON-FRI", "0 3 1 jan,jul *", "@daily", "@hourly"])
 def test_good_cron_expressions_pass(expression):
     assert check_cron(expression) == expression
 
