@@ -1,4 +1,5 @@
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Tuple
 
@@ -14,7 +15,7 @@ from llm_engineering.config import AdapterConfig, TrainConfig, flatten
 from llm_engineering.model.curves import loss_curve
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model import data_parallel
-from llm_engineering.orchestration.checkpoints import durable_checkpoint_dir, training_key
+from llm_engineering.orchestration.checkpoints import checkpoint_location, training_key
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
@@ -28,12 +29,12 @@ def train_sft(
     train: TrainConfig,
 ) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[Report, "training_metrics"]]:
     """TRL SFT of the adapter; loss curves stream to MLflow, the trained adapter is the output."""
-    checkpoints = None
+    location = nullcontext(None)
     if train.checkpoint_steps:
         key = training_key(base_model.config, base_model.weights_sha256, adapter, train, data_summary["fingerprint"],
                            files=(initial_adapter.path / "adapter_model.safetensors",))
-        checkpoints = durable_checkpoint_dir(key, train.checkpoint_dir)
-    with scratch_output("trained-adapter-") as out:
+        location = checkpoint_location(key, train.checkpoint_dir)  # mirrored to a remote artifact store
+    with scratch_output("trained-adapter-") as out, location as checkpoints:
         result = data_parallel.train(  # in this process, or on train.num_processes torchrun ranks
             base_model.config, adapter, train, initial_adapter.path,
             train_dataset, eval_dataset, out,  # token columns are taken as they are, not copied to Python lists

@@ -3,6 +3,8 @@ SQLite database in the project, and the embedded model converted once.
 
     python -m llm_engineering.orchestration.stack [--root DIR]
     python -m llm_engineering.orchestration.stack --comet [--comet-offline DIR]   # the same stack, tracked in Comet
+    python -m llm_engineering.orchestration.stack --s3 s3://BUCKET/PREFIX [--s3-endpoint-url URL] [--s3-secret NAME]
+                                                  # the same stack, its artifacts (and checkpoints) in S3 / MinIO
 
 Running it again changes nothing. Tests call `ensure_local_stack` with their own root and ZENML_CONFIG_PATH.
 """
@@ -137,6 +139,44 @@ def ensure_comet_stack(root: Path, offline_directory: Optional[Path] = None, wor
     return COMET_STACK_NAME
 
 
+S3_STACK_NAME = "llm_engineering_s3"
+S3_STORE_NAME = "s3_store"
+
+
+def ensure_s3_stack(root: Path, path: str, endpoint_url: Optional[str] = None, secret: str = "s3") -> str:
+    """The local stack with ZenML's S3 artifact store at `path` (AWS, or any S3 API: MinIO, Ceph, moto, through
+    `endpoint_url`); credentials from the ZenML secret `secret` (`zenml secret create s3 --aws_access_key_id=...
+    --aws_secret_access_key=...`), checked before anything is registered. Returns the stack name."""
+    if not path.startswith("s3://"):
+        raise ValueError(f"--s3 {path!r}: give the bucket as s3://BUCKET[/PREFIX]")
+    import importlib.util
+
+    if importlib.util.find_spec("s3fs") is None:
+        raise ValueError("ZenML's S3 artifact store needs s3fs: pip install 'llm-engineering[s3]'")
+    if not _secret_exists(Client(), secret):  # refused before the local set-up changes the active stack
+        raise ValueError(f"the ZenML secret {secret!r} with the S3 credentials does not exist: `zenml secret create "
+                         f"{secret} --aws_access_key_id=... --aws_secret_access_key=...`")
+    ensure_local_stack(root)
+    client = Client()
+    config: dict = {"path": path, "authentication_secret": secret}
+    if endpoint_url:
+        config["client_kwargs"] = {"endpoint_url": endpoint_url}
+    try:
+        client.get_stack_component(StackComponentType.ARTIFACT_STORE, S3_STORE_NAME, allow_name_prefix_match=False)
+        client.update_stack_component(S3_STORE_NAME, StackComponentType.ARTIFACT_STORE, configuration=config)
+    except KeyError:
+        client.create_stack_component(name=S3_STORE_NAME, flavor="s3", component_type=StackComponentType.ARTIFACT_STORE,
+                                      configuration=config)
+    try:
+        client.get_stack(S3_STACK_NAME, allow_name_prefix_match=False)
+    except KeyError:
+        client.create_stack(name=S3_STACK_NAME, components={
+            StackComponentType.ORCHESTRATOR: "default", StackComponentType.ARTIFACT_STORE: S3_STORE_NAME,
+            StackComponentType.EXPERIMENT_TRACKER: TRACKER_NAME, StackComponentType.STEP_OPERATOR: STEP_OPERATOR_NAME})
+    client.activate_stack(S3_STACK_NAME)
+    return S3_STACK_NAME
+
+
 def _secret_exists(client: Client, name: str) -> bool:
     try:
         client.get_secret(name, allow_partial_name_match=False)
@@ -150,8 +190,18 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: current directory)")
     parser.add_argument("--comet", action="store_true", help="track in Comet instead of MLflow")
     parser.add_argument("--comet-offline", type=Path, metavar="DIR", help="Comet offline archives go to DIR")
+    parser.add_argument("--s3", metavar="s3://BUCKET/PREFIX", help="keep the artifacts in this S3 bucket")
+    parser.add_argument("--s3-endpoint-url", metavar="URL", help="an S3 API other than AWS's (MinIO, Ceph, ...)")
+    parser.add_argument("--s3-secret", default="s3", metavar="NAME", help="the ZenML secret with the credentials")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    if args.s3:
+        try:
+            stack = ensure_s3_stack(args.root, args.s3, args.s3_endpoint_url, args.s3_secret)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        print(f"stack '{stack}' active; artifacts in {args.s3}")
+        return
     if args.comet or args.comet_offline:
         stack = ensure_comet_stack(args.root, args.comet_offline)
         print(f"stack '{stack}' active (Comet{' offline: ' + str(args.comet_offline) if args.comet_offline else ''})")
