@@ -1,5 +1,6 @@
 """A real MLflow server (and `mlflow models serve`) on loopback and headless Chromium (Debian's chromium + chromium-driver, installed by
-`make browser`), for tests that look at the UI the way a user does; and ZenML's dashboard (`make dashboard`)."""
+`make browser`), for tests that look at the UI the way a user does; ZenML's dashboard (`make dashboard`); and moto's
+S3 server, a real S3 API for the object-store artifact store."""
 
 from __future__ import annotations
 
@@ -56,12 +57,13 @@ def _serving(mlflow_args: list[str], log_path: Path, env: dict | None = None, ti
         stop_group(server)
 
 
-def wait_healthy(server: subprocess.Popen, base: str, log_path: Path, timeout: float, what: str) -> None:
-    """Until `base`/health answers; fails with the server's log if it exits or the timeout passes first."""
+def wait_healthy(server: subprocess.Popen, base: str, log_path: Path, timeout: float, what: str,
+                 path: str = "/health") -> None:
+    """Until `base` + `path` answers; fails with the server's log if it exits or the timeout passes first."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(f"{base}/health", timeout=2)
+            urllib.request.urlopen(f"{base}{path}", timeout=2)
             return
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
@@ -133,5 +135,24 @@ def zenml_dashboard(cwd: Path, log_path: Path, timeout: float = 180):
     try:
         wait_healthy(server, base, log_path, timeout, "the ZenML dashboard")
         yield base, log_path.read_text()
+    finally:
+        stop_group(server)
+
+
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+
+
+@contextmanager
+def s3_server(log_path: Path):
+    """moto's S3 API server (`moto[server]`) on a free loopback port, in its own process group; yields its endpoint
+    URL; on exit the whole group is stopped and checked gone."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(server, base, log_path, 60, "moto's S3 server", path="/moto-api/")
+        yield base
     finally:
         stop_group(server)
