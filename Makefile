@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser setup run test test-fast ui dashboard serve clean
+.PHONY: install browser cron setup run test test-fast ui dashboard serve clean
 
 install: $(VENV)/.installed
 
@@ -30,16 +30,22 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
+# Debian's cron for scheduled runs on one machine (`schedules create --system-cron`, tests/test_system_cron.py).
+cron:
+	@command -v crontab >/dev/null && [ -x /usr/sbin/cron ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends cron; }
+
 setup: install
 	$(BIN)/python -m llm_engineering.orchestration.stack
 
 run: setup
 	$(BIN)/zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
 
-test: install browser
+test: install browser cron
 	$(BIN)/python -m pytest
 
-test-fast: install browser
+test-fast: install browser cron
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: setup
