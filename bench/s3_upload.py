@@ -11,14 +11,13 @@ own process, so its VmHWM is its own; "above floor" subtracts a process that imp
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from s3_server import KEY, moto_s3, s3_stack_commands
 
 BUCKET = "bench"
 METHODS = ("imports_only", "checkpoint_materializer", "zenml_path_materializer", "boto3_upload_file")
@@ -52,17 +51,10 @@ def child(method: str, model: Path, endpoint: str) -> None:
     elif method == "boto3_upload_file":
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
-                          region_name="us-east-1")
+        s3 = boto3.client("s3", endpoint_url=endpoint, **KEY)
         for file in sorted(model.iterdir()):
             s3.upload_file(str(file), BUCKET, f"boto3/{file.name}")
     print(json.dumps({"peak_rss": peak_rss_bytes(), "seconds": round(time.perf_counter() - start, 2)}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_model(directory: Path, mib: int) -> None:
@@ -90,29 +82,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s3-bench-") as scratch:
         scratch = Path(scratch)
         env = {**os.environ, "ZENML_CONFIG_PATH": str(scratch / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false"}
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
-                                 str(port)], start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(120):
-                try:
-                    urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            import boto3
-
-            boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
-                         region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        with moto_s3(BUCKET) as (endpoint, _):
             repo = scratch / "repo"
             repo.mkdir()
-            zenml = str(Path(sys.executable).with_name("zenml"))
-            for command in ([zenml, "secret", "create", "s3", "--aws_access_key_id=bench",
-                             "--aws_secret_access_key=bench"],
-                            [sys.executable, "-m", "llm_engineering.orchestration.stack", "--root", str(repo), "--s3",
-                             f"s3://{BUCKET}/zenml", "--s3-endpoint-url", endpoint]):
+            for command in s3_stack_commands(repo, BUCKET, endpoint):
                 subprocess.run(command, cwd=repo, env=env, check=True, capture_output=True)
             model = scratch / "model"
             make_model(model, args.mib)
@@ -122,9 +95,6 @@ def main() -> None:
                 done = subprocess.run([sys.executable, __file__, "--child", method, str(model), endpoint], cwd=repo,
                                       env=env, capture_output=True, text=True, check=True)
                 rows[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        finally:
-            os.killpg(moto.pid, signal.SIGTERM)
-            moto.wait()
     floor = rows["imports_only"]["peak_rss"]
     print(f"storing a {size / 2**20:.0f} MiB model directory in an S3 artifact store (moto on loopback)")
     print(f"{'method':<26} {'peak RSS MiB':>13} {'above floor MiB':>16} {'seconds':>8}")

@@ -1,6 +1,6 @@
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Tuple
+from typing import Annotated, Tuple
 
 from datasets import Dataset
 from zenml import log_metadata, step
