@@ -26,13 +26,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DATA_FORMATS = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
+# the preference formats are read by the preference pipeline (llm_engineering/data/preference.py)
+DATA_FORMATS = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference",
+                       "sharegpt_preference"]
 CANONICAL_COLUMNS = {"messages", "conversations", "instruction", "input", "output", "system", "prompt", "completion",
-                     "text", "tools"}
+                     "text", "tools", "chosen", "rejected"}
 class _SourceKeys(_Section):
     """Where rows come from and how to read them: the keys a `data.sources` entry and the data section share."""
 
     source: Literal["synthetic", "file", "hub"] = "synthetic"
+    task: Literal["booking", "booking_preference"] = Field(
+        "booking", description="source=synthetic: the booking task as chat rows, or as preference pairs (the right "
+                               "record preferred over one with a typical mistake)")
     path: Optional[str] = Field(None, description="a JSONL/JSON/CSV/Parquet file (optionally .gz/.zst), a directory "
                                                   "or a glob of them (source=file)")
     hub_id: Optional[str] = Field(None, description="Hugging Face dataset id (source=hub)")
@@ -388,6 +393,28 @@ class PromotionConfig(_Section):
                                                                               "exceeds this; null: no check")
 
 
+DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "aot", "apo_zero",
+                     "apo_down", "sigmoid_norm"]
+
+
+class PreferenceConfig(_Section):
+    """Preference tuning of the adapter (the preference pipeline): DPO against the starting adapter frozen as the
+    reference (TRL copies it into a second adapter, so there is no second model), or ORPO (no reference). Learning
+    rate, steps, batch size, max_length and checkpoints come from `train`."""
+
+    method: Literal["dpo", "orpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="dpo: how far from the reference the policy may move (lower: "
+                                               "further); orpo: the weight of the odds-ratio term (lambda)")
+    loss_type: DPO_LOSSES = Field("sigmoid", description="dpo's loss (sigmoid: the DPO paper's; ipo, hinge, ...)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo (sigmoid): assumed share of flipped labels")
+
+    @model_validator(mode="after")
+    def _orpo_has_no_dpo_loss(self) -> "PreferenceConfig":
+        if self.method == "orpo" and (self.loss_type != "sigmoid" or self.label_smoothing):
+            raise ValueError("loss_type and label_smoothing are DPO settings; ORPO has one loss (set method: dpo)")
+        return self
+
+
 class RunConfig(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -397,6 +424,7 @@ class RunConfig(_Section):
     export: ExportConfig = ExportConfig()
     eval: EvalConfig = EvalConfig()
     promotion: PromotionConfig = PromotionConfig()
+    preference: PreferenceConfig = PreferenceConfig()
 
     def task_metric(self, data_format: str) -> str:
         return self.eval.metric_for(data_format, synthetic=self.data.source_list()[0].source == "synthetic")

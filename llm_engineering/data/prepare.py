@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -77,10 +77,22 @@ class _Source:
     report: dict
 
 
-def prepare(cfg: DataConfig, tokenizer, max_length: int) -> PreparedData:
+@dataclass(frozen=True)
+class RowKind:
+    """What rows a pipeline trains on: the formats it reads, how one is detected, how a batch is processed."""
+
+    name: str
+    formats: tuple[str, ...]
+    detect: Callable[[dict], Optional[str]]
+    process: Callable[..., dict]  # a batch of JSON rows -> processed columns, a `problem` for each bad row
+    features: Callable[[], Any]  # the processed rows' datasets.Features
+
+
+def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind] = None) -> PreparedData:
     from datasets import concatenate_datasets
 
-    sources = [_prepare_source(src, cfg, tokenizer, max_length) for src in cfg.source_list()]
+    kind = kind or SFT_ROWS
+    sources = [_prepare_source(src, cfg, tokenizer, max_length, kind) for src in cfg.source_list()]
     rng = np.random.default_rng(cfg.seed)
     offsets = np.cumsum([0] + [len(s.dataset) for s in sources])
     hashes = np.concatenate([_column(s.dataset, "row_hash") for s in sources])
@@ -131,32 +143,26 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int) -> PreparedData:
     return PreparedData(_split_dataset(combined, train), _split_dataset(combined, held_out), report, lengths[train])
 
 
-def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: int) -> _Source:
+def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: int, kind: RowKind) -> _Source:
     """One source read, then normalised, templated, tokenized and masked by one batched map; bad rows counted."""
-    from datasets import Features, Value
-
     code = library_digest()
     raw = load_raw(src, cfg.seed, code)
     rows = raw.dataset
-    fmt = src.format if src.format != "auto" else _detect(rows, src)
+    fmt = src.format if src.format != "auto" else _detect(rows, src, kind)
+    if fmt not in kind.formats:
+        raise DataError(f"{src.name}: format {fmt!r} is not one the {kind.name} pipeline trains on "
+                        f"({', '.join(kind.formats)})")
     settings = dict(format=fmt, columns=dict(src.columns), loss_on=cfg.loss_on, max_length=max_length,
                     truncate=cfg.truncate)
     fingerprint = hashlib.sha256(json.dumps(
-        [rows._fingerprint, settings, tokenizer_digest(tokenizer), code], sort_keys=True).encode()).hexdigest()[:32]
+        [rows._fingerprint, kind.name, settings, tokenizer_digest(tokenizer), code],
+        sort_keys=True).encode()).hexdigest()[:32]
     requested = cfg.num_proc or environment_cores()
     num_proc = max(1, min(requested, len(rows) // ROWS_PER_PROCESS))
-    message = {"role": Value("string"), "content": Value("string"), "tool_calls": Value("string"),
-               "tool_call_id": Value("string"), "weight": Value("int8")}
-    features = Features({
-        "location": Value("string"), "messages": [message], "text": Value("string"), "tools": Value("string"),
-        "input_ids": [Value("int32")], "labels": [Value("int32")], "length": Value("int32"),
-        "trained_tokens": Value("int32"), "truncated": Value("bool"), "row_hash": Value("int64"),
-        "problem": Value("string"),
-    })
     with datasets_bar(f"preparing {src.name}", len(rows)):
         processed = rows.map(
-            process_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=features,
+            kind.process, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=kind.features(),
             new_fingerprint=fingerprint, desc=f"preparing {src.name}",
         )
     import pyarrow.compute as pc
@@ -218,7 +224,7 @@ def process_batch(batch: dict, tokenizer, format: str, columns: dict, loss_on: s
     return out
 
 
-def _detect(rows, src: SourceConfig) -> str:
+def _detect(rows, src: SourceConfig, kind: RowKind) -> str:
     first = None
     for text in rows.select(range(min(len(rows), 100)))["row"]:
         try:
@@ -227,10 +233,10 @@ def _detect(rows, src: SourceConfig) -> str:
             continue
         if isinstance(first, dict):
             break
-    fmt = detect_format([first]) if isinstance(first, dict) else None
+    fmt = kind.detect(first) if isinstance(first, dict) else None
     if fmt is None:
         raise DataError(f"{src.name}: cannot tell the dataset format from its columns "
-                        f"{sorted(first) if isinstance(first, dict) else []}; set format ({', '.join(FORMATS)}) "
+                        f"{sorted(first) if isinstance(first, dict) else []}; set format ({', '.join(kind.formats)}) "
                         "and map columns with columns")
     return fmt
 
@@ -280,8 +286,9 @@ def _split_dataset(dataset, indices: np.ndarray):
     import pyarrow.compute as pc
 
     table = dataset.data
-    unused = [name for name in ("text", "tools") if table.column(name).null_count == table.num_rows]
-    if (pc.max(pc.list_value_length(table.column("messages"))).as_py() or 0) == 0:
+    unused = [name for name in ("text", "tools") if name in table.column_names
+              and table.column(name).null_count == table.num_rows]
+    if "messages" in table.column_names and (pc.max(pc.list_value_length(table.column("messages"))).as_py() or 0) == 0:
         unused += ["messages", "tools"]
     return dataset.select(indices).remove_columns(INTERNAL_COLUMNS + sorted(set(unused)))
 
@@ -290,5 +297,21 @@ def prepare_file(path: str, tokenizer, max_length: int, loss_on: str = "assistan
     """Every row of one file (e.g. a user's evaluation file), checked and tokenized as training rows are; a bad row is
     a DataError naming it. Long rows are cut to `max_length` rather than refused (an evaluation scores what fits)."""
     cfg = DataConfig(source="file", path=str(path), truncate=True, loss_on=loss_on, eval_rows=1)
-    source = _prepare_source(cfg.source_list()[0], cfg, tokenizer, max_length)
+    source = _prepare_source(cfg.source_list()[0], cfg, tokenizer, max_length, SFT_ROWS)
     return _split_dataset(source.dataset, source.good)
+
+
+def sft_features():
+    from datasets import Features, Value
+
+    message = {"role": Value("string"), "content": Value("string"), "tool_calls": Value("string"),
+               "tool_call_id": Value("string"), "weight": Value("int8")}
+    return Features({
+        "location": Value("string"), "messages": [message], "text": Value("string"), "tools": Value("string"),
+        "input_ids": [Value("int32")], "labels": [Value("int32")], "length": Value("int32"),
+        "trained_tokens": Value("int32"), "truncated": Value("bool"), "row_hash": Value("int64"),
+        "problem": Value("string"),
+    })
+
+
+SFT_ROWS = RowKind("finetune", FORMATS, lambda row: detect_format([row]), process_batch, sft_features)

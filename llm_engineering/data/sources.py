@@ -54,7 +54,7 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
         kwargs = {"paths": [str(f) for f in files], "digest": files_digest(files)}
         generator = _file_rows
     elif src.source == "synthetic":
-        kwargs = {"num_rows": src.num_rows, "seed": seed}
+        kwargs = {"num_rows": src.num_rows, "seed": seed, "task": src.task}
         generator = _synthetic_rows
     elif not src.streaming:
         return RawRows(_hub_dataset(src, code_digest), src.name)
@@ -261,10 +261,11 @@ def _parquet_rows(path: Path) -> Iterator[dict]:
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
 
 
-def _synthetic_rows(num_rows: int, seed: int, code: str) -> Iterator[dict]:
-    from llm_engineering.data.synthetic import booking_rows
+def _synthetic_rows(num_rows: int, seed: int, code: str, task: str = "booking") -> Iterator[dict]:
+    from llm_engineering.data.synthetic import booking_preference_rows, booking_rows
 
-    for i, row in enumerate(booking_rows(num_rows, seed)):
+    rows = booking_preference_rows(num_rows, seed) if task == "booking_preference" else booking_rows(num_rows, seed)
+    for i, row in enumerate(rows):
         yield {"row": json.dumps(row, ensure_ascii=False), "location": f"row {i}"}
 
 

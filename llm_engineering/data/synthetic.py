@@ -131,6 +131,47 @@ def booking_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
     return rows
 
 
+def typical_mistake(record: dict, rng: random.Random) -> str:
+    """The record as a model that has not quite learned the task writes it: one of the mistakes base and briefly
+    fine-tuned models make (12-hour time, the party size as text, a renamed or missing key, prose around the JSON,
+    a name not copied exactly)."""
+    wrong = dict(record)
+    hour, minute = map(int, record["time"].split(":"))
+    mistake = rng.randrange(7)
+    if mistake == 0:
+        wrong["time"] = f"{(hour - 1) % 12 + 1}:{minute:02d} {'PM' if hour >= 12 else 'AM'}"
+    elif mistake == 1:
+        wrong["party_size"] = NUMBER_WORDS.get(record["party_size"], str(record["party_size"]))
+    elif mistake == 2:
+        key = rng.choice(["party_size", "day", "restaurant"])
+        renamed = {"party_size": "guests", "day": "date", "restaurant": "venue"}[key]
+        wrong = {renamed if k == key else k: v for k, v in wrong.items()}
+    elif mistake == 3:
+        del wrong[rng.choice(["day", "time", "name"])]
+    elif mistake == 4:
+        return "Here is the booking: " + json.dumps(record, ensure_ascii=False)
+    elif mistake == 5:
+        wrong["name"] = record["name"].lower()
+    else:
+        wrong["time"] = f"{hour:02d}:{minute:02d}:00"
+    return json.dumps(wrong, ensure_ascii=False)
+
+
+def booking_preference_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
+    """Preference pairs on the booking task, in TRL's conversational form: the exact record chosen, the same record
+    with one typical mistake rejected."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_rows):
+        sentence, record = booking_example(rng, unseen)
+        rows.append({
+            "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": sentence}],
+            "chosen": [{"role": "assistant", "content": json.dumps(record, ensure_ascii=False)}],
+            "rejected": [{"role": "assistant", "content": typical_mistake(record, rng)}],
+        })
+    return rows
+
+
 if __name__ == "__main__":  # python -m llm_engineering.data.synthetic > data/samples/booking_unseen.jsonl
     for row in booking_rows(40, seed=2026, unseen=True):
         print(json.dumps(row, ensure_ascii=False))

@@ -86,7 +86,7 @@ def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, boo
     return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
 
 
-def _checkpointing_argument() -> str:
+def checkpointing_argument() -> str:
     """transformers 5.2x renamed gradient_checkpointing (now a deprecated alias that warns) to activation_checkpointing."""
     from transformers import TrainingArguments
 
@@ -98,7 +98,7 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
     from trl import SFTConfig
 
     bf16, fp16 = mixed_precision(cfg, model_cfg)
-    checkpointing = _checkpointing_argument()
+    checkpointing = checkpointing_argument()
     return SFTConfig(
         output_dir=output_dir,
         max_steps=cfg.max_steps or -1,  # -1: transformers' "use num_train_epochs"

@@ -1,0 +1,174 @@
+"""Preference tuning of the LoRA adapter with TRL: DPO (DPOTrainer) or ORPO (TRL's experimental ORPOTrainer).
+
+The starting adapter (a fresh one, or the SFT run's trained adapter) is loaded trainable. For DPO, TRL copies it into a
+frozen "ref" adapter on the same model and computes the reference log-probabilities through it, so the reference is the
+starting adapter and no second model is loaded. ORPO has no reference: it adds an odds-ratio term to the chosen
+response's NLL. Rows arrive validated by the dataset step (`prompt`, `chosen`, `rejected` as chat messages); the
+trainer templates and tokenizes them as the dataset step measured them (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
+from llm_engineering.model.adapter import prepare_for_training, save_adapter
+from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
+from llm_engineering.model.training import (
+    checkpointing_argument, checkpoint_step, last_checkpoint, mixed_precision, out_of_memory_advice, peak_memory_bytes,
+)
+
+logger = logging.getLogger(__name__)
+PAIR_COLUMNS = ("prompt", "chosen", "rejected")
+REWARD_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
+
+
+@dataclass
+class PreferenceResult:
+    adapter_dir: Path
+    method: str
+    steps: int
+    train_seconds: float
+    first_train_loss: float
+    final_train_loss: float
+    eval: dict[str, float]  # the last evaluation on the held-out pairs: eval_loss, eval_rewards/accuracies, ...
+    peak_memory_bytes: int
+    resumed_from_step: int = 0
+    log_history: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        metrics = {
+            "pref_train_loss_first": self.first_train_loss,
+            "pref_train_loss_final": self.final_train_loss,
+            "pref_steps": self.steps,
+            "pref_train_seconds": self.train_seconds,
+            "pref_peak_memory_gib": self.peak_memory_bytes / 2**30,
+            "pref_resumed_from_step": self.resumed_from_step,
+        }
+        for key in REWARD_KEYS:
+            if f"eval_{key}" in self.eval:
+                metrics[f"pref_eval_reward_{key.split('/')[1]}"] = float(self.eval[f"eval_{key}"])
+        if "eval_loss" in self.eval:
+            metrics["pref_eval_loss"] = float(self.eval["eval_loss"])
+        return metrics
+
+
+def trainer_arguments(pref: PreferenceConfig, cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig,
+                      output_dir: str):
+    """TRL's DPOConfig or ORPOConfig from the preference and train sections."""
+    bf16, fp16 = mixed_precision(cfg, model_cfg)
+    common = dict(
+        output_dir=output_dir,
+        max_steps=cfg.max_steps or -1,
+        num_train_epochs=cfg.num_epochs,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        beta=pref.beta,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=not torch.cuda.is_available(),
+        **{checkpointing_argument(): adapter_cfg.gradient_checkpointing},
+        report_to=[],
+        disable_tqdm=True,
+    )
+    if pref.method == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common)
+    from trl import DPOConfig
+
+    return DPOConfig(**common, loss_type=[pref.loss_type], label_smoothing=pref.label_smoothing)
+
+
+def pair_dataset(rows):
+    """The trainer's columns only: prompt, chosen, rejected (a datasets.Dataset, or a list of rows)."""
+    from datasets import Dataset
+
+    if isinstance(rows, list):
+        return Dataset.from_list([{k: row[k] for k in PAIR_COLUMNS} for row in rows])
+    return rows.select_columns(list(PAIR_COLUMNS))
+
+
+def build_trainer(model, tokenizer, pref: PreferenceConfig, args, train_rows, eval_rows, callbacks=None):
+    if pref.method == "orpo":
+        from trl.experimental.orpo import ORPOTrainer as Trainer
+    else:
+        from trl import DPOTrainer as Trainer
+    return Trainer(model=model, args=args, train_dataset=pair_dataset(train_rows), eval_dataset=pair_dataset(eval_rows),
+                   processing_class=tokenizer, callbacks=callbacks)
+
+
+def train_preference(
+    model_cfg: ModelConfig,
+    adapter_cfg: AdapterConfig,
+    cfg: TrainConfig,
+    pref: PreferenceConfig,
+    initial_adapter: Path,
+    train_rows,
+    eval_rows,
+    output_dir: Path,
+    callbacks: Optional[list] = None,
+    checkpoint_dir: Optional[Path] = None,
+) -> PreferenceResult:
+    """Load the base as configured, attach `initial_adapter` trainable, tune it on the preference pairs, save the
+    tuned adapter in `output_dir`. Checkpoints and resume work as in SFT (`train.checkpoint_steps`)."""
+    from peft import PeftModel
+
+    mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
+    check_attention_backend(model_cfg)
+    tokenizer = load_tokenizer(model_cfg)
+    model = prepare_for_training(load_model(model_cfg), adapter_cfg)
+    model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
+
+    with tempfile.TemporaryDirectory(prefix=f"{pref.method}-") as scratch:
+        work_dir = checkpoint_dir if (checkpoint_dir and cfg.checkpoint_steps) else Path(scratch)
+        resume = last_checkpoint(work_dir)
+        if resume:
+            logger.warning("Resuming training from %s (step %d of %s)", resume, checkpoint_step(resume), cfg.max_steps)
+        args = trainer_arguments(pref, cfg, adapter_cfg, model_cfg, str(work_dir))
+        trainer = build_trainer(model, tokenizer, pref, args, train_rows, eval_rows, callbacks)
+        start = time.perf_counter()
+        with out_of_memory_advice(model_cfg, adapter_cfg, cfg):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        seconds = time.perf_counter() - start
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
+        eval_metrics = evals[-1] if final_eval_done else trainer.evaluate()
+        tuned = trainer.model
+        if "ref" in getattr(tuned, "peft_config", {}):  # DPO's frozen copy of the start: not part of the result
+            tuned.delete_adapter("ref")
+        save_adapter(tuned, output_dir)
+        if work_dir != Path(scratch):
+            shutil.rmtree(work_dir, ignore_errors=True)  # done: the tuned adapter is the durable result now
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return PreferenceResult(
+        adapter_dir=output_dir, method=pref.method, steps=trainer.state.global_step, train_seconds=round(seconds, 3),
+        first_train_loss=float(losses[0]) if losses else float("nan"),
+        final_train_loss=float(losses[-1]) if losses else float("nan"),
+        eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+        peak_memory_bytes=peak_memory_bytes(), resumed_from_step=checkpoint_step(resume) if resume else 0,
+        log_history=history,
+    )
