@@ -1,7 +1,8 @@
 """The pipeline on an object-store artifact store, for real: moto's S3 API server on loopback, ZenML's S3 artifact
 store pointed at it (credentials in a ZenML secret), the stack registered as a user does (`zenml secret create`, then
 `python -m llm_engineering.orchestration.stack --s3 ...`). A training process group SIGKILLed mid-run (a preempted
-spot machine) resumes on rerun from the checkpoint it left in the bucket."""
+spot machine) resumes on rerun from the checkpoint it left in the bucket
+and ends with the model an uninterrupted run gives."""
 
 import os
 import signal
@@ -10,6 +11,8 @@ import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
@@ -104,11 +107,18 @@ def test_a_run_preempted_mid_training_on_s3_resumes_from_the_bucket_and_its_arti
     assert f"{merged}/model.safetensors" in stored  # files as they are, not a tarball
     assert verify_manifest(root / "outputs" / "tiny-s3") == []  # the export, downloaded from the bucket, intact
 
-    # only train.* changed: the data, base model and adapter steps come from the cache, read back from the bucket
-    parameters["train"]["learning_rate"] = 1e-3
-    parameters["train"]["max_steps"] = 4
-    second = run_pipeline(root, write_config(root / "s3-lr.yaml", parameters))
+    # only train.* changed (checkpoints off): the data, base model and adapter steps come from the cache, read back
+    # from the bucket, and training the same 40 steps uninterrupted gives the model the preempted run ended with
+    parameters["train"]["checkpoint_steps"] = None
+    parameters["export"]["output_dir"] = "outputs/tiny-s3-uninterrupted"
+    second = run_pipeline(root, write_config(root / "s3-uninterrupted.yaml", parameters))
     assert second.returncode == 0, second.stderr[-5000:]
     steps = Client().get_pipeline("finetune").last_run.steps
     assert {n: steps[n].status for n in STEPS[:3]} == {n: ExecutionStatus.CACHED for n in STEPS[:3]}
     assert steps["train_sft"].status == ExecutionStatus.COMPLETED
+    assert steps["train_sft"].run_metadata["train_resumed_from_step"] == 0
+    expected = load_file(root / "outputs" / "tiny-s3-uninterrupted" / "model.safetensors")
+    actual = load_file(root / "outputs" / "tiny-s3" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
