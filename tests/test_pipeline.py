@@ -1,6 +1,7 @@
 """Integration: the six-step pipeline through real ZenML (local orchestrator, SQL store) and real MLflow (SQLite
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
+import datetime
 import os
 import re
 import tempfile
@@ -247,15 +248,22 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     # Description says what was fine-tuned and how it came out
     monkeypatch.chdir(root)
     zenml_run = Client().get_pipeline_run(re.search(r"Fine-tune finished: (\S+)", summary)[1])
-    pipeline_seconds = (zenml_run.end_time - zenml_run.start_time).total_seconds()
     mlflow_run = mlflow.MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
-    mlflow_seconds = (mlflow_run.info.end_time - mlflow_run.info.start_time) / 1000
-    # (before every step was tracked it began with the first tracked step: 124.9 s of a 132 s run)
-    assert abs(mlflow_seconds - pipeline_seconds) <= max(3.0, 0.05 * pipeline_seconds), (mlflow_seconds,
-                                                                                         pipeline_seconds)
+    mlflow_start, mlflow_end = mlflow_run.info.start_time / 1000, mlflow_run.info.end_time / 1000
+    # it opens during the first step that ran and closes no earlier than the last one starts (before every step was
+    # tracked it began with the first tracked step: 124.9 s of a 132 s run); cached steps do not run, and other
+    # tests' runs share the cache
+    ran = sorted((s for s in zenml_run.steps.values() if s.status != ExecutionStatus.CACHED), key=lambda s: s.start_time)
+    assert mlflow_start <= _epoch(ran[0].end_time), (ran[0].name, mlflow_start - _epoch(ran[0].end_time))
+    assert mlflow_end >= _epoch(ran[-1].start_time), (ran[-1].name, _epoch(ran[-1].start_time) - mlflow_end)
+    assert mlflow_end - mlflow_start <= (zenml_run.end_time - zenml_run.start_time).total_seconds() + 1
     description = mlflow_run.data.tags["mlflow.note.content"]
     assert "fine-tuned on **synthetic task** (messages, 36 train / 4 eval rows) with QLoRA r=4" in description
     assert "Result: json_exact_match" in description and "Gate: no champion yet" in description
+
+
+def _epoch(moment: datetime.datetime) -> float:  # ZenML keeps UTC times without a zone
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
 def test_the_export_loads_with_plain_transformers_and_generates(repo):
