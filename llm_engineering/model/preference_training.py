@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
 from llm_engineering.model.adapter import prepare_for_training, save_adapter
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
 from llm_engineering.model.training import (
-    checkpointing_argument, checkpoint_step, last_checkpoint, mixed_precision, out_of_memory_advice, peak_memory_bytes,
+    checkpoint_step, common_trainer_arguments, last_checkpoint, mixed_precision, out_of_memory_advice,
+    peak_memory_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,35 +63,7 @@ class PreferenceResult:
 def trainer_arguments(pref: PreferenceConfig, cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig,
                       output_dir: str):
     """TRL's DPOConfig or ORPOConfig from the preference and train sections."""
-    bf16, fp16 = mixed_precision(cfg, model_cfg)
-    common = dict(
-        output_dir=output_dir,
-        max_steps=cfg.max_steps or -1,
-        num_train_epochs=cfg.num_epochs,
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        per_device_eval_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        beta=pref.beta,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
-        save_strategy="steps" if cfg.checkpoint_steps else "no",
-        save_steps=cfg.checkpoint_steps or 500,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=not torch.cuda.is_available(),
-        **{checkpointing_argument(): adapter_cfg.gradient_checkpointing},
-        report_to=[],
-        disable_tqdm=True,
-    )
+    common = dict(common_trainer_arguments(cfg, adapter_cfg, model_cfg, output_dir), beta=pref.beta)
     if pref.method == "orpo":
         from trl.experimental.orpo import ORPOConfig
 

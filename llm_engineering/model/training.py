@@ -94,12 +94,11 @@ def checkpointing_argument() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
-def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig, output_dir: str):
-    from trl import SFTConfig
-
+def common_trainer_arguments(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig,
+                             output_dir: str) -> dict:
+    """The TrainingArguments every trainer here shares (SFT, DPO, ORPO), from the train section."""
     bf16, fp16 = mixed_precision(cfg, model_cfg)
-    checkpointing = checkpointing_argument()
-    return SFTConfig(
+    return dict(
         output_dir=output_dir,
         max_steps=cfg.max_steps or -1,  # -1: transformers' "use num_train_epochs"
         num_train_epochs=cfg.num_epochs,
@@ -122,11 +121,19 @@ def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelCon
         bf16=bf16,
         fp16=fp16,
         use_cpu=not torch.cuda.is_available(),
-        **{checkpointing: adapter_cfg.gradient_checkpointing},
-        include_num_input_tokens_seen="non_padding",
-        dataset_kwargs={"skip_prepare_dataset": True},  # the dataset step already tokenized, masked and fitted
+        **{checkpointing_argument(): adapter_cfg.gradient_checkpointing},
         report_to=[],  # metrics reach MLflow through the callbacks the caller passes
         disable_tqdm=True,
+    )
+
+
+def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig, output_dir: str):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_trainer_arguments(cfg, adapter_cfg, model_cfg, output_dir),
+        include_num_input_tokens_seen="non_padding",
+        dataset_kwargs={"skip_prepare_dataset": True},  # the dataset step already tokenized, masked and fitted
     )
 
 
