@@ -24,8 +24,8 @@ import hashlib
 import json
 from typing import Any, Optional
 
-from llm_engineering.data.formats import RowProblem, SHAREGPT_ROLES, _content, _list, rename_columns
-from llm_engineering.data.prepare import RowKind
+from llm_engineering.data.formats import RowProblem, SHAREGPT_ROLES, _content, _list
+from llm_engineering.data.prepare import RowKind, parse_rows
 from llm_engineering.data.templates import fast_renderer
 
 PREFERENCE_FORMATS = ("preference", "sharegpt_preference")
@@ -204,18 +204,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def process_preference_batch(batch: dict, tokenizer, format: str, columns: dict, max_length: int, truncate: bool,
                              **_) -> dict:
     """JSON rows -> normalised, tokenized preference rows (a `problem` instead for a bad row)."""
-    normalised, problems = [], []
-    for text in batch["row"]:
-        try:
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise RowProblem(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-            normalised.append(normalise_preference(rename_columns(row, columns), format))
-            problems.append(None)
-        except RowProblem as problem:
-            normalised.append(None)
-            problems.append(str(problem))
+    normalised, problems = parse_rows(batch["row"], columns, lambda row: normalise_preference(row, format))
     tokenized = iter(tokenize_pairs([r for r in normalised if r is not None], tokenizer, max_length, truncate))
     out = {k: [] for k in ("prompt", "chosen", "rejected", "length", "trained_tokens", "truncated", "row_hash",
                            "problem")}

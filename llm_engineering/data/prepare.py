@@ -187,21 +187,27 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
     return _Source(src, processed, good, report)
 
 
-def process_batch(batch: dict, tokenizer, format: str, columns: dict, loss_on: str, max_length: int,
-                  truncate: bool) -> dict:
-    """JSON rows -> normalised, templated, tokenized, masked rows (a `problem` instead for a bad row)."""
+def parse_rows(texts: list[str], columns: dict, normalise_row: Callable[[dict], dict]):
+    """Each JSON row renamed and normalised, or None with the problem that stopped it (two lists, in row order)."""
     normalised, problems = [], []
-    for text in batch["row"]:
+    for text in texts:
         try:
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise RowProblem(f"not valid JSON: {exc.msg} (column {exc.colno})") from None
-            normalised.append(normalise(rename_columns(row, columns), format))
+            normalised.append(normalise_row(rename_columns(row, columns)))
             problems.append(None)
         except RowProblem as problem:
             normalised.append(None)
             problems.append(str(problem))
+    return normalised, problems
+
+
+def process_batch(batch: dict, tokenizer, format: str, columns: dict, loss_on: str, max_length: int,
+                  truncate: bool) -> dict:
+    """JSON rows -> normalised, templated, tokenized, masked rows (a `problem` instead for a bad row)."""
+    normalised, problems = parse_rows(batch["row"], columns, lambda row: normalise(row, format))
     usable = [row for row in normalised if row is not None]
     tokenized = iter(tokenize_rows(usable, tokenizer, loss_on, max_length, truncate))
     out = {k: [] for k in ("messages", "text", "tools", "input_ids", "labels", "length", "trained_tokens",
