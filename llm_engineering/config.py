@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # auto: bfloat16 where the hardware computes it natively (CUDA, AVX-512 BF16 / AMX CPUs), else float32
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -407,6 +407,17 @@ class PreferenceConfig(_Section):
                                                "further); orpo: the weight of the odds-ratio term (lambda)")
     loss_type: DPO_LOSSES = Field("sigmoid", description="dpo's loss (sigmoid: the DPO paper's; ipo, hinge, ...)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo (sigmoid): assumed share of flipped labels")
+    start_adapter: Optional[str] = Field(None, description="the adapter to tune: an earlier SFT run's, as a "
+                                         "registered model (models:/NAME@ALIAS or models:/NAME/VERSION), a ZenML "
+                                         "artifact (zenml:trained_adapter, zenml:NAME:VERSION) or a directory; "
+                                         "unset: a fresh adapter from the adapter section")
+
+    @field_validator("start_adapter")
+    @classmethod
+    def _start_adapter_form(cls, value: Optional[str]) -> Optional[str]:
+        if value and value.startswith("models:/") and not re.fullmatch(r"models:/[^/@]+(@[\w-]+|/\d+)", value):
+            raise ValueError(f"{value!r}: a registered model is models:/NAME@ALIAS or models:/NAME/VERSION")
+        return value
 
     @model_validator(mode="after")
     def _orpo_has_no_dpo_loss(self) -> "PreferenceConfig":

@@ -170,8 +170,13 @@ STAGES = {  # step name -> what the user calls it
     "load_base_model": "base model",
     "inject_adapter": "LoRA adapter",
     "train_sft": "SFT training",
+    "start_adapter": "start adapter",
+    "train_preference": "preference training",
+    "chosen_conversations": "held-out chosen answers",
+    "merge_start": "merge start adapter",
     "merge_adapter": "merge",
     "evaluate_base": "evaluate base",
+    "evaluate_start": "evaluate start",
     "evaluate_finetuned": "evaluate fine-tuned",
     "export_model": "export + registry",
 }
@@ -228,13 +233,17 @@ def stage_figure(step: str, m: dict[str, Any]) -> str:
                 "train_resumed_from_step") else ""
             return (f"{int(m['train_steps'])} steps, loss {m['train_loss_first']:.3f} -> {m['train_loss_final']:.3f}, "
                     f"{m['train_tokens_per_second']:.0f} tokens/s{resumed}")
-        if step == "merge_adapter":
+        if step == "train_preference":
+            return (f"{int(m['pref_steps'])} steps, loss {m['pref_train_loss_first']:.3f} -> "
+                    f"{m['pref_train_loss_final']:.3f}, held-out reward accuracy "
+                    f"{m['pref_eval_reward_accuracies']:.3f}, margin {m['pref_eval_reward_margins']:.3f}")
+        if step.startswith("merge_"):
             return (f"max |Δlogit| {m['merge_max_abs_logit_diff']:.2g} vs the adapter "
                     f"(as saved: {m['merge_saved_max_abs_logit_diff']:.2g}), "
                     f"top-1 agreement {m['merge_top1_agreement']:.3f}")
         if step.startswith("evaluate_"):
             scores = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and k.split("_")[0] in ("base", "finetuned")}
+                      and k.split("_")[0] in ("base", "start", "finetuned")}
             return ", ".join(f"{k.split('_', 1)[1]} {v:.3f}" for k, v in sorted(scores.items()))
         if step == "export_model":
             return headline(m)
@@ -244,14 +253,14 @@ def stage_figure(step: str, m: dict[str, Any]) -> str:
 
 
 def headline(m: dict[str, Any]) -> str:
-    """base -> fine-tuned on the task metric, the regression drop, and where the model went in the registry."""
+    """base (-> the start a preference run tuned) -> fine-tuned on the task metric, the regression drop, and where the
+    model went in the registry."""
     parts = []
     for key in sorted(m):
         if key.startswith("finetuned_") and not key.endswith(("stop_rate", "perplexity", "regression_score")):
             metric = key[len("finetuned_"):]
-            base = m.get(f"base_{metric}")
-            parts.append(f"{metric} {base:.3f} -> {m[key]:.3f}" if isinstance(base, (int, float))
-                         else f"{metric} {m[key]:.3f}")
+            path = [m.get(f"{role}_{metric}") for role in ("base", "start")] + [m[key]]
+            parts.append(f"{metric} " + " -> ".join(f"{v:.3f}" for v in path if isinstance(v, (int, float))))
     if isinstance(m.get("regression_drop"), (int, float)):
         parts.append(f"regression_drop {m['regression_drop']:.3f}")
     if m.get("version"):

@@ -58,11 +58,12 @@ def evaluation_views(evaluation: dict) -> dict[str, str]:
 def export_views(card: str, samples: list[dict], summary: dict) -> dict[str, str]:
     """The model card as Markdown (without its YAML header) and base vs fine-tuned answers side by side."""
     body = card.split("\n---\n", 1)[1] if card.startswith("---\n") and "\n---\n" in card else card
-    columns = ["set", "prompt", "reference", "base_output", "finetuned_output", "base_score", "finetuned_score"]
+    columns = list(samples[0]) if samples else []  # base, (the preference run's start,) fine-tuned
     headline = {k: v for k, v in summary.items() if k in ("registered_model_name", "version", "promotion",
                                                           "promotion_reason", "export_dir", "regression_drop")}
     return {"model_card.md": body.lstrip(),
-            "eval_samples.html": page("Base vs fine-tuned", key_values(headline),
+            "eval_samples.html": page("Base vs " + ("start vs " if "start_output" in columns else "") + "fine-tuned",
+                                      key_values(headline),
                                       table(samples, columns, _compared))}
 
 

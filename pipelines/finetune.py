@@ -16,6 +16,7 @@ from typing import Any, Optional
 from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
+from llm_engineering.data.preference import check_rows_match_pipeline
 from llm_engineering.data.sources import inputs_digest
 from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
@@ -34,6 +35,7 @@ from steps.train_sft import train_sft
 @pipeline(name="finetune", on_start=on_stage_start, on_end=on_stage_end)  # the console's stage lines
 def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
+    check_rows_match_pipeline(cfg.data, "finetune")
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)
     check_model_supports_gguf(cfg.model, cfg.export.gguf)

@@ -1,5 +1,5 @@
 from pathlib import Path
-from typing import Annotated, Any, Tuple
+from typing import Annotated, Any, Optional, Tuple
 
 from datasets import Dataset
 from zenml import log_metadata, step
@@ -37,13 +37,15 @@ def export_model(
     finetuned_evaluation: dict[str, Any],
     export: ExportConfig,
     run_config: dict[str, Any],
+    start_evaluation: Optional[dict[str, Any]] = None,
 ) -> Tuple[Annotated[str, "export_dir"], Annotated[Report, "evaluation_metrics"]]:
     """Write the servable directory atomically, verify it reloads, register it in MLflow, and gate it: champion
-    (ZenML stage production) only if it beats the current champion on the same eval data without regressing."""
+    (ZenML stage production) only if it beats the current champion on the same eval data without regressing.
+    `start_evaluation`: a preference run's starting model, shown beside the base and the tuned one."""
     config = RunConfig.model_validate(run_config)
     tracking.set_tags(pipeline_run_tags())
     base, tuned = ModelEvaluation(**base_evaluation), ModelEvaluation(**finetuned_evaluation)
-    evaluated, samples = compare(base, tuned)
+    evaluated, samples = compare(base, tuned, ModelEvaluation(**start_evaluation) if start_evaluation else None)
     metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))},
                **evaluated}
 

@@ -11,21 +11,23 @@ from llm_engineering import tracking
 from llm_engineering.orchestration.model_control_plane import process_metadata
 from llm_engineering.artifacts import Report
 from llm_engineering.config import DataConfig, TokenizerConfig
-from llm_engineering.data.prepare import prepare
+from llm_engineering.data.prepare import prepare, row_kind
 from llm_engineering.data.stats import histogram
 from llm_engineering.model.loading import load_tokenizer
 from llm_engineering.views import data_views
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
-def load_dataset(data: DataConfig, tokenizer: TokenizerConfig, max_length: int, inputs_digest: str = "") -> Tuple[
+def load_dataset(data: DataConfig, tokenizer: TokenizerConfig, max_length: int, inputs_digest: str = "",
+                 rows: str = "finetune") -> Tuple[
     Annotated[Dataset, "train_dataset"],
     Annotated[Dataset, "eval_dataset"],
     Annotated[Report, "data_summary"],
 ]:
     """Read, validate, template, tokenize and split every row before any model loads (the tokenizer only).
-    `inputs_digest` (the content of the local files read) is here for the cache key: an edited file reruns."""
-    prepared = prepare(data, load_tokenizer(tokenizer), max_length)
+    `inputs_digest` (the content of the local files read) is here for the cache key: an edited file reruns.
+    `rows`: "finetune" (SFT rows) or "preference" (prompt/chosen/rejected pairs)."""
+    prepared = prepare(data, load_tokenizer(tokenizer), max_length, row_kind(rows))
     summary = prepared.report.metadata()
     log_metadata(metadata={**summary, "sources": prepared.report.sources, **process_metadata()})
     tracking.log_dataset(prepared.train, name="train", digest=summary["fingerprint"], context="training")

@@ -29,8 +29,9 @@ def write_config(path: Path, parameters: dict, **zenml_keys) -> Path:
     return path
 
 
-def run_pipeline(repo: Path, config: Path, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run([ZENML, "pipeline", "run", "pipelines.finetune.finetune", "--config", str(config)], repo, timeout, env)
+def run_pipeline(repo: Path, config: Path, timeout: int = 900, env: dict | None = None,
+                 pipeline: str = "pipelines.finetune.finetune") -> subprocess.CompletedProcess:
+    return run([ZENML, "pipeline", "run", pipeline, "--config", str(config)], repo, timeout, env)
 
 
 def tiny_parameters(tiny_model_dir, learning_rate=5e-3):

@@ -2,6 +2,7 @@
 tracking store, model registry), on the tiny model, run with the `zenml pipeline run` CLI as a user would."""
 
 import datetime
+import json
 import os
 import re
 import tempfile
@@ -419,3 +420,95 @@ def test_a_pipeline_killed_mid_training_resumes_on_rerun(repo, tiny_model_dir, m
     [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
                                       f'tags.mlflow.runName = "{latest_run().name}"')
     assert mlflow_run.data.metrics["train_resumed_from_step"] == resumed
+
+
+PREFERENCE_STEPS = {"load_dataset", "chosen_conversations", "load_base_model", "start_adapter", "train_preference",
+                    "merge_adapter", "merge_start", "evaluate_base", "evaluate_start", "evaluate_finetuned",
+                    "export_model"}
+
+
+def errors(done) -> str:  # the lines of a failed run that say why
+    return "\n".join(line for line in (done.stdout + done.stderr).splitlines()
+                     if "Error" in line or "FAILED" in line or "failed" in line)
+
+
+def preference_parameters(tiny_model_dir, start_adapter) -> dict:
+    parameters = tiny_parameters(tiny_model_dir)
+    parameters["data"] = {"source": "synthetic", "task": "booking_preference", "num_rows": 24, "eval_rows": 8}
+    parameters["train"].update(max_steps=4, eval_steps=4, checkpoint_steps=None)
+    parameters["preference"] = {"method": "dpo", "beta": 0.1, "start_adapter": start_adapter}
+    parameters["export"] = {"output_dir": "outputs/tiny-dpo", "registered_model_name": "tiny-booking-dpo"}
+    parameters["eval"] = {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4}
+    return parameters
+
+
+def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(repo, tiny_model_dir,
+                                                                                        monkeypatch):
+    root, uri = repo
+    config = write_config(root / "dpo.yaml", preference_parameters(tiny_model_dir, "models:/tiny-booking@champion"),
+                          model={"name": "tiny-booking-dpo"})
+    done = run_pipeline(root, config, pipeline="pipelines.preference.preference")
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, errors(done)
+    assert re.search(r"preference training done in .* 4 steps, loss [\d.]+ -> [\d.]+, held-out reward accuracy "
+                     r"[\d.]+", console), console[-3000:]
+    assert re.search(r"json_exact_match [\d.]+ -> [\d.]+ -> [\d.]+, .*tiny-booking-dpo v1 @champion", console)
+
+    monkeypatch.chdir(root)
+    run = Client().get_pipeline("preference").last_run
+    assert set(run.steps) == PREFERENCE_STEPS  # no fresh adapter: it starts from the champion's
+    # the start adapter is the SFT champion's trained adapter, byte for byte (found through ZenML, not the registry)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    champion = client.get_model_version_by_alias("tiny-booking", "champion")
+    sft_run = Client().get_pipeline_run(client.get_run(champion.run_id).data.tags["zenml.pipeline_run_id"])
+    sft_adapter = sft_run.steps["train_sft"].outputs["trained_adapter"][0].load().path
+    start = run.steps["start_adapter"].outputs["initial_adapter"][0].load().path
+    assert (start / "adapter_model.safetensors").read_bytes() == (sft_adapter / "adapter_model.safetensors").read_bytes()
+
+    # MLflow: reward curves per logging step, the held-out reward accuracy, and base / start / tuned side by side
+    [tracked] = client.search_runs([client.get_experiment_by_name("preference").experiment_id],
+                                   f'tags.mlflow.runName = "{run.name}"')
+    for curve in ("train_rewards/accuracies", "train_rewards/margins", "train_rewards/chosen", "train_rewards/rejected"):
+        assert [m.step for m in client.get_metric_history(tracked.info.run_id, curve)] == [1, 2, 3, 4], curve
+    assert 0.0 <= tracked.data.metrics["pref_eval_reward_accuracies"] <= 1.0
+    for role in ("base", "start", "finetuned"):
+        assert f"{role}_json_exact_match" in tracked.data.metrics, role
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=tracked.info.run_id,
+                                                                artifact_path="eval_samples.json",
+                                                                tracking_uri=uri)).read_text())
+    assert {"base_output", "start_output", "finetuned_output"} <= set(table["columns"])
+    assert str(client.get_model_version_by_alias("tiny-booking-dpo", "champion").version) == "1"
+
+
+def test_bad_preference_input_stops_the_run_before_any_model_loads(repo, tiny_model_dir, monkeypatch):
+    root, _ = repo
+    pairs = root / "pairs.jsonl"
+    good = {"prompt": "Book a table for 2 at Nobu", "chosen": '{"party": 2}', "rejected": '{"party": "2"}'}
+    pairs.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected": good["chosen"]}) + "\n")
+    parameters = preference_parameters(tiny_model_dir, None)
+    parameters["data"] = {"source": "file", "path": str(pairs), "eval_rows": 1}
+    failed = run_pipeline(root, write_config(root / "bad-pairs.yaml", parameters),
+                          pipeline="pipelines.preference.preference")
+    assert failed.returncode != 0
+    assert "pairs.jsonl: 1 of 2 rows are invalid (format preference)" in failed.stderr, errors(failed)
+    assert "line 2: 'chosen' and 'rejected' are the same response" in failed.stderr, errors(failed)
+    monkeypatch.chdir(root)
+    assert "load_base_model" not in Client().get_pipeline("preference").last_run.steps
+
+    # a start adapter that is not there is named when the pipeline compiles (the check `zenml pipeline run` makes)
+    from llm_engineering.orchestration.start_adapter import check_start_adapter_source
+
+    for start, says in (("models:/no-such-model@champion", "versions of no-such-model: none"),
+                        ("models:/tiny-booking/99", "versions of tiny-booking: 1 (champion)"),
+                        ("zenml:trained_adapter:999", "no artifact version 999 of trained_adapter"),
+                        (str(root), "holds no PEFT adapter (missing adapter_config.json")):
+        with pytest.raises(ValueError, match=re.escape(says)) as refused:
+            check_start_adapter_source(start)
+        assert str(refused.value).startswith(f"preference.start_adapter {start!r}")
+
+    # SFT rows given to the preference pipeline are named, with the pipeline to use instead
+    parameters = preference_parameters(tiny_model_dir, None)
+    parameters["data"] = {"source": "synthetic", "num_rows": 8, "eval_rows": 2}
+    wrong = run_pipeline(root, write_config(root / "sft-rows.yaml", parameters),
+                         pipeline="pipelines.preference.preference")
+    assert wrong.returncode != 0 and "run pipelines.finetune.finetune" in " ".join(wrong.stderr.split()), errors(wrong)

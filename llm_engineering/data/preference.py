@@ -240,3 +240,45 @@ def _pair_hash(row: dict, tokens: dict) -> int:
 
 PREFERENCE_ROWS = RowKind("preference", PREFERENCE_FORMATS, detect_preference_format, process_preference_batch,
                           preference_features)
+
+
+def chosen_conversations(pairs, tokenizer, max_length: int):
+    """Each pair as the SFT row of its chosen answer (prompt + chosen, templated, tokenized and masked as SFT rows
+    are), so the merge check and the evaluation score the behaviour the pairs prefer, with the SFT pipeline's code."""
+    from datasets import Dataset
+
+    from llm_engineering.data.prepare import INTERNAL_COLUMNS, process_batch, sft_features
+
+    rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
+    texts = [json.dumps({"messages": row["prompt"] + row["chosen"]}, ensure_ascii=False) for row in rows]
+    out = process_batch({"row": texts}, tokenizer, "messages", {}, "assistant", max_length, truncate=False)
+    out["location"] = [row.get("location") for row in rows]
+    for location, problem in zip(out["location"], out["problem"]):
+        if problem:  # a validated pair's prompt + chosen always fits: this is a bug, not bad data
+            raise ValueError(f"{location}: the chosen conversation of a valid pair failed: {problem}")
+    return Dataset.from_dict(out, features=sft_features()).remove_columns(INTERNAL_COLUMNS)
+
+
+def check_rows_match_pipeline(data, pipeline: str) -> None:
+    """Before any step runs: preference pairs go to the preference pipeline and SFT rows to finetune (DataError
+    naming the source and the pipeline to use instead)."""
+    from llm_engineering.data.formats import rename_columns
+    from llm_engineering.data.sources import DataError, peek_rows
+
+    want_pairs = pipeline == "preference"
+    for src in data.source_list():
+        if src.source == "synthetic":
+            pairs = src.task == "booking_preference"
+        elif src.format != "auto":
+            pairs = src.format in PREFERENCE_FORMATS
+        else:
+            rows = [r for r in peek_rows(src, 1) if isinstance(r, dict)]
+            if not rows:
+                continue  # not on this machine (or a hub dataset): the dataset step reads and checks it
+            pairs = detect_preference_format(rename_columns(rows[0], src.columns)) is not None
+        if pairs != want_pairs:
+            what = "preference pairs (chosen/rejected)" if pairs else "SFT rows (no chosen/rejected)"
+            other = "pipelines.preference.preference" if pairs else "pipelines.finetune.finetune"
+            raise DataError(f"data source {src.name}: holds {what}, which the {pipeline} pipeline does not train on; "
+                            f"run {other}" + ("" if pairs else " (or set data.task: booking_preference / a "
+                                                               "preference format)"))

@@ -31,12 +31,12 @@ from llm_engineering.evaluation.generation import (  # noqa: F401  (the public s
 from llm_engineering.evaluation.perplexity import perplexity
 
 PROBES = Path(__file__).with_name("probes.jsonl")
-ROLES = ("base", "finetuned")
+ROLES = ("base", "start", "finetuned")  # start: the adapter a preference run tuned (the SFT model), merged
 
 
 @dataclass
 class ModelEvaluation:
-    role: str  # "base" or "finetuned"
+    role: str  # one of ROLES
     metrics: dict[str, float]
     samples: list[dict] = field(default_factory=list)  # set, prompt, reference, output, score
     eval_fingerprint: str = ""  # of the rows and settings scored: versions compare only on equal fingerprints
@@ -70,16 +70,17 @@ def evaluate_model(model, tokenizer, rows: list[dict], probes: list[dict], evalu
 
 
 def evaluate_checkpoint(model_cfg, checkpoint: Optional[Path], eval_dataset, evaluation, task_metric: str,
-                        dtype: str, max_length: int) -> ModelEvaluation:
+                        dtype: str, max_length: int, role: Optional[str] = None) -> ModelEvaluation:
     """The stage: load the base model (`checkpoint` None, unquantized in `dtype`) or a merged checkpoint, then score
-    it on the eval rows (`evaluation.eval_file` when set, else the held-out split) and the probes."""
+    it on the eval rows (`evaluation.eval_file` when set, else the held-out split) and the probes. `role` names the
+    metrics (base_..., finetuned_..., or start_... for the model a preference run started from)."""
     from llm_engineering.model.export import load_exported
     from llm_engineering.model.loading import load_model, load_tokenizer
 
     if checkpoint is None:
         model, tokenizer, role = load_model(model_cfg, quantize=False, dtype=dtype), load_tokenizer(model_cfg), "base"
     else:
-        (model, tokenizer), role = load_exported(Path(checkpoint)), "finetuned"
+        (model, tokenizer), role = load_exported(Path(checkpoint)), role or "finetuned"
     rows = eval_rows(eval_dataset, evaluation, tokenizer, max_length)
     return evaluate_model(model, tokenizer, rows, probe_rows(evaluation, tokenizer, max_length), evaluation,
                           task_metric, role)
@@ -106,14 +107,24 @@ def probe_rows(evaluation, tokenizer, max_length: int) -> list[dict]:
     return rows
 
 
-def compare(base: ModelEvaluation, tuned: ModelEvaluation) -> tuple[dict[str, float], list[dict]]:
-    """The two evaluations side by side: all metrics plus `regression_drop`, and one table row per prompt."""
-    metrics = {**base.metrics, **tuned.metrics}
+def compare(base: ModelEvaluation, tuned: ModelEvaluation,
+            start: Optional[ModelEvaluation] = None) -> tuple[dict[str, float], list[dict]]:
+    """The evaluations side by side (base, the `start` model a preference run tuned if any, the tuned one): all
+    metrics plus `regression_drop`, and one table row per prompt."""
+    metrics = {**base.metrics, **(start.metrics if start else {}), **tuned.metrics}
     if "base_regression_score" in metrics and "finetuned_regression_score" in metrics:
         metrics["regression_drop"] = metrics["base_regression_score"] - metrics["finetuned_regression_score"]
-    table = [{"set": b["set"], "prompt": b["prompt"], "reference": b["reference"], "base_output": b["output"],
-              "finetuned_output": t["output"], "base_score": b["score"], "finetuned_score": t["score"]}
-             for b, t in zip(base.samples, tuned.samples)]
+    table = []
+    for i, (b, t) in enumerate(zip(base.samples, tuned.samples)):
+        row = {"set": b["set"], "prompt": b["prompt"], "reference": b["reference"], "base_output": b["output"]}
+        if start:
+            row["start_output"] = start.samples[i]["output"]
+        row["finetuned_output"] = t["output"]
+        row["base_score"] = b["score"]
+        if start:
+            row["start_score"] = start.samples[i]["score"]
+        row["finetuned_score"] = t["score"]
+        table.append(row)
     return metrics, table
 
 

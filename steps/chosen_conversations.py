@@ -1,0 +1,17 @@
+from typing import Annotated
+
+from datasets import Dataset
+from zenml import step
+
+import llm_engineering.orchestration  # noqa: F401  (registers materializers)
+from llm_engineering.config import TokenizerConfig
+from llm_engineering.data.preference import chosen_conversations as conversations
+from llm_engineering.model.loading import load_tokenizer
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
+
+
+@step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
+def chosen_conversations(pairs: Dataset, tokenizer: TokenizerConfig, max_length: int) -> Annotated[
+        Dataset, "eval_conversations"]:
+    """The held-out pairs' chosen answers as SFT rows: what the merge check and the evaluations score."""
+    return conversations(pairs, load_tokenizer(tokenizer), max_length)
