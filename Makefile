@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser cron setup run test test-fast ui dashboard serve clean
+.PHONY: install browser cron setup run dpo orpo test test-fast ui dashboard serve clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ setup: install
 
 run: setup
 	$(BIN)/zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
+
+# Preference tuning (README: Preference tuning): DPO from `make run`'s registered champion; ORPO from scratch.
+dpo: setup
+	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/dpo.yaml
+
+orpo: setup
+	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/orpo.yaml
 
 test: install browser cron
 	$(BIN)/python -m pytest

@@ -471,6 +471,8 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
     for curve in ("train_rewards/accuracies", "train_rewards/margins", "train_rewards/chosen", "train_rewards/rejected"):
         assert [m.step for m in client.get_metric_history(tracked.info.run_id, curve)] == [1, 2, 3, 4], curve
     assert 0.0 <= tracked.data.metrics["pref_eval_reward_accuracies"] <= 1.0
+    assert tracked.info.artifact_uri.startswith((root / ".mlflow" / "artifacts").resolve().as_uri())  # not ./mlruns
+    assert not (root / "mlruns").exists()
     for role in ("base", "start", "finetuned"):
         assert f"{role}_json_exact_match" in tracked.data.metrics, role
     table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=tracked.info.run_id,

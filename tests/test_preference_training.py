@@ -19,12 +19,17 @@ ADAPTER = AdapterConfig(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
 
 
 @pytest.fixture(scope="module")
-def booking_pairs(tiny_model_dir):
+def booking_pairs(tiny_model_dir, tmp_path_factory):
+    """Booking pairs with format mistakes only: a 2-layer random model learns those in a dozen steps (copying mistakes,
+    half of the built-in task's, need a pretrained model: the embedded one in configs/dpo.yaml)."""
     from llm_engineering.config import ModelConfig
+    from llm_engineering.data.synthetic import booking_preference_rows
 
+    pairs = tmp_path_factory.mktemp("pairs") / "booking_pairs.jsonl"
+    pairs.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                             for row in booking_preference_rows(64, seed=42, copying_share=0.0)))
     tokenizer = load_tokenizer(ModelConfig(source="local", name_or_path=str(tiny_model_dir)))
-    return prepare(DataConfig(task="booking_preference", num_rows=64, eval_rows=16), tokenizer, 160,
-                   kind=PREFERENCE_ROWS)
+    return prepare(DataConfig(source="file", path=str(pairs), eval_rows=16), tokenizer, 160, kind=PREFERENCE_ROWS)
 
 
 def start_adapter(model_cfg, directory, perturb: bool = False):

@@ -131,10 +131,14 @@ def booking_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
     return rows
 
 
-def typical_mistake(record: dict, rng: random.Random) -> str:
-    """The record as a model that has not quite learned the task writes it: one of the mistakes base and briefly
-    fine-tuned models make (12-hour time, the party size as text, a renamed or missing key, prose around the JSON,
-    a name not copied exactly)."""
+def typical_mistake(record: dict, rng: random.Random, copying_share: float = 0.5) -> str:
+    """The record as a model that has not quite learned the task writes it: a copying mistake (`copying_share` of the
+    time), the kind the SFT model still makes on names and restaurants it has never seen (on booking_unseen.jsonl:
+    "Hr" for Horvat, "Ahnor" for The Anchor, the restaurant as the name); else one of the format mistakes base and
+    briefly fine-tuned models make (12-hour time, the party size as text, a renamed or missing key, prose around the
+    JSON, a lower-cased name)."""
+    if rng.random() < copying_share:
+        return json.dumps(copying_mistake(record, rng), ensure_ascii=False)
     wrong = dict(record)
     hour, minute = map(int, record["time"].split(":"))
     mistake = rng.randrange(7)
@@ -157,9 +161,34 @@ def typical_mistake(record: dict, rng: random.Random) -> str:
     return json.dumps(wrong, ensure_ascii=False)
 
 
-def booking_preference_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
+def copying_mistake(record: dict, rng: random.Random) -> dict:
+    """The record with the name or the restaurant not copied exactly: shortened, garbled, swapped into the other
+    field, or the party size one off."""
+    wrong = dict(record)
+    field = rng.choice(["name", "restaurant"])
+    text = record[field]
+    mistake = rng.randrange(5)
+    if mistake == 0 and len(text) > 3:  # shortened to its first and last letters
+        wrong[field] = text[0] + text[-1]
+    elif mistake == 1 and len(text) > 4:  # a letter dropped from the middle
+        cut = rng.randrange(1, len(text) - 2)
+        wrong[field] = text[:cut] + text[cut + 1:]
+    elif mistake == 2 and " " in text:  # a word of it left out
+        words = text.split(" ")
+        del words[rng.randrange(len(words))]
+        wrong[field] = " ".join(words)
+    elif mistake == 3:
+        wrong["name"] = record["restaurant"]
+    else:
+        wrong["party_size"] = record["party_size"] % 8 + 1
+    if wrong == record:  # a one-letter name: nothing to cut
+        wrong["party_size"] = record["party_size"] % 8 + 1
+    return wrong
+
+
+def booking_preference_rows(num_rows: int, seed: int, unseen: bool = False, copying_share: float = 0.5) -> list[dict]:
     """Preference pairs on the booking task, in TRL's conversational form: the exact record chosen, the same record
-    with one typical mistake rejected."""
+    with one typical mistake rejected (`copying_share` of them a copying mistake, the rest a format mistake)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(num_rows):
@@ -167,7 +196,7 @@ def booking_preference_rows(num_rows: int, seed: int, unseen: bool = False) -> l
         rows.append({
             "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": sentence}],
             "chosen": [{"role": "assistant", "content": json.dumps(record, ensure_ascii=False)}],
-            "rejected": [{"role": "assistant", "content": typical_mistake(record, rng)}],
+            "rejected": [{"role": "assistant", "content": typical_mistake(record, rng, copying_share)}],
         })
     return rows
 

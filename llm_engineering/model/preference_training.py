@@ -20,6 +20,7 @@ from typing import Optional
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
 from llm_engineering.model.adapter import prepare_for_training, save_adapter
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
+from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.training import (
     checkpoint_step, common_trainer_arguments, last_checkpoint, mixed_precision, out_of_memory_advice,
     peak_memory_bytes,
@@ -120,6 +121,7 @@ def train_preference(
             logger.warning("Resuming training from %s (step %d of %s)", resume, checkpoint_step(resume), cfg.max_steps)
         args = trainer_arguments(pref, cfg, adapter_cfg, model_cfg, str(work_dir))
         trainer = build_trainer(model, tokenizer, pref, args, train_rows, eval_rows, callbacks)
+        use_console_progress(trainer)
         start = time.perf_counter()
         with out_of_memory_advice(model_cfg, adapter_cfg, cfg):
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)

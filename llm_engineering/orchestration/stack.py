@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 STACK_NAME = "llm_engineering_local"
 TRACKER_NAME = "mlflow_tracker"
 STEP_OPERATOR_NAME = "local_cuda"
-EXPERIMENT_NAME = "finetune"
+EXPERIMENT_NAMES = ("finetune", "preference")  # one MLflow experiment per pipeline (ZenML's tracker names them)
 
 
 def tracking_uri(root: Path) -> str:
@@ -35,15 +35,18 @@ def tracking_uri(root: Path) -> str:
 
 
 def ensure_mlflow_store(root: Path) -> str:
-    """Create the SQLite tracking DB and our experiment, with artifacts under `.mlflow/artifacts` (not the cwd)."""
+    """Create the SQLite tracking DB and our experiments, with artifacts under `.mlflow/artifacts` (else MLflow would
+    put an experiment ZenML creates under ./mlruns of whatever directory the run started in)."""
     import mlflow
 
     uri = tracking_uri(root)
     artifacts = (root / ".mlflow" / "artifacts").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    if client.get_experiment_by_name(EXPERIMENT_NAME) is None:
-        client.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts.as_uri())
+    for name in EXPERIMENT_NAMES:
+        if client.get_experiment_by_name(name) is None:  # finetune's runs directly under artifacts/, as before
+            location = artifacts if name == EXPERIMENT_NAMES[0] else artifacts / name
+            client.create_experiment(name, artifact_location=location.as_uri())
     return uri
 
 
