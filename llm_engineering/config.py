@@ -407,6 +407,9 @@ class PreferenceConfig(_Section):
                                                "further); orpo: the weight of the odds-ratio term (lambda)")
     loss_type: DPO_LOSSES = Field("sigmoid", description="dpo's loss (sigmoid: the DPO paper's; ipo, hinge, ...)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo (sigmoid): assumed share of flipped labels")
+    sft_loss_weight: float = Field(0.0, ge=0.0, description="dpo: add the chosen answer's NLL with this weight "
+                                   "(RPO; TRL's loss_type [..., sft]), so pushing the rejected answer down does not "
+                                   "drag the chosen one with it")
     start_adapter: Optional[str] = Field(None, description="the adapter to tune: an earlier SFT run's, as a "
                                          "registered model (models:/NAME@ALIAS or models:/NAME/VERSION), a ZenML "
                                          "artifact (zenml:trained_adapter, zenml:NAME:VERSION) or a directory; "
@@ -421,8 +424,9 @@ class PreferenceConfig(_Section):
 
     @model_validator(mode="after")
     def _orpo_has_no_dpo_loss(self) -> "PreferenceConfig":
-        if self.method == "orpo" and (self.loss_type != "sigmoid" or self.label_smoothing):
-            raise ValueError("loss_type and label_smoothing are DPO settings; ORPO has one loss (set method: dpo)")
+        if self.method == "orpo" and (self.loss_type != "sigmoid" or self.label_smoothing or self.sft_loss_weight):
+            raise ValueError("loss_type, label_smoothing and sft_loss_weight are DPO settings; ORPO has one loss "
+                             "(its NLL term is built in; set method: dpo)")
         return self
 
 

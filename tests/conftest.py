@@ -80,9 +80,9 @@ def tokenizer():
     return load_tokenizer(ModelConfig())
 
 
-def prepared(data_cfg: DataConfig, max_length: int = 256):
-    """Rows as the dataset step hands them on (normalised, tokenized, masked, split)."""
+def prepared(data_cfg: DataConfig, max_length: int = 256, kind=None):
+    """Rows as the dataset step hands them on (normalised, tokenized, masked, split; SFT rows, or `kind`'s)."""
     from llm_engineering.data.prepare import prepare
     from llm_engineering.model.loading import load_tokenizer
 
-    return prepare(data_cfg, load_tokenizer(ModelConfig()), max_length)
+    return prepare(data_cfg, load_tokenizer(ModelConfig()), max_length, kind)

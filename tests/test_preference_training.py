@@ -84,3 +84,17 @@ def test_orpo_from_scratch_raises_the_reward_accuracy_and_saves_a_plain_adapter(
     assert metrics["pref_eval_reward_accuracies"] >= 0.75
     config = json.loads((tmp_path / "orpo-adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 8
+
+
+def test_the_sft_loss_weight_adds_trls_sft_loss_to_dpos(tiny_model_cfg, tmp_path):
+    from llm_engineering.model.preference_training import trainer_arguments
+
+    def args(pref):
+        return trainer_arguments(pref, TrainConfig(mixed_precision="no"), ADAPTER, tiny_model_cfg, str(tmp_path))
+
+    plain = args(PreferenceConfig(method="dpo"))
+    assert plain.loss_type == ["sigmoid"] and plain.loss_weights == [1.0]
+    rpo = args(PreferenceConfig(method="dpo", loss_type="ipo", sft_loss_weight=0.5))
+    assert rpo.loss_type == ["ipo", "sft"] and rpo.loss_weights == [1.0, 0.5]
+    with pytest.raises(ValueError, match="sft_loss_weight are DPO settings"):
+        PreferenceConfig(method="orpo", sft_loss_weight=1.0)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig
+from llm_engineering.data.preference import PREFERENCE_ROWS
 from tests.conftest import prepared
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model
@@ -22,12 +23,15 @@ CHILD = Path(__file__).with_name("resume_child.py")
 STEPS, EVERY = 24, 6
 
 
-def spec(tmp_path, model_cfg, name):
+def spec(tmp_path, model_cfg, name, preference=None):
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     initial = tmp_path / "initial"
     if not initial.exists():
         save_adapter(inject_adapter(load_model(model_cfg), adapter)[0], initial)
-    split = prepared(DataConfig(num_rows=72, eval_rows=4))
+    if preference:
+        split = prepared(DataConfig(task="booking_preference", num_rows=72, eval_rows=4), kind=PREFERENCE_ROWS)
+    else:
+        split = prepared(DataConfig(num_rows=72, eval_rows=4))
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({
         "model": model_cfg.model_dump(), "adapter": adapter.model_dump(),
@@ -35,6 +39,7 @@ def spec(tmp_path, model_cfg, name):
                   "eval_steps": STEPS, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": EVERY},
         "initial": str(initial), "train_rows": split.train.to_list(), "eval_rows": split.eval.to_list(),
         "output": str(tmp_path / name / "adapter"), "checkpoints": str(tmp_path / name / "checkpoints"),
+        **({"preference": preference} if preference else {}),
     }))
     return path
 
@@ -45,11 +50,11 @@ def train(spec_path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_cfg):
-    reference = train(spec(tmp_path, tiny_model_cfg, "uninterrupted"))
+def kill_resume_and_compare(tmp_path, model_cfg, preference=None):
+    reference = train(spec(tmp_path, model_cfg, "uninterrupted", preference))
     assert reference == {"resumed_from_step": 0, "steps": STEPS}
 
-    killed_spec = spec(tmp_path, tiny_model_cfg, "killed")
+    killed_spec = spec(tmp_path, model_cfg, "killed", preference)
     checkpoints = tmp_path / "killed" / "checkpoints"
     child = subprocess.Popen([sys.executable, str(CHILD), str(killed_spec)], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,3 +75,12 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_c
     assert expected.keys() == actual.keys()
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_cfg):
+    kill_resume_and_compare(tmp_path, tiny_model_cfg)
+
+
+def test_killed_dpo_resumes_from_its_last_checkpoint_with_the_same_reference(tmp_path, tiny_model_cfg):
+    # the reference is TRL's copy of the start adapter: a resumed run must not take the checkpoint's policy for it
+    kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1})

@@ -4,6 +4,12 @@ forgetting). Generated once per base model and kept as a JSONL file that a `data
 
     python -m llm_engineering.data.replay --out data/replay/smollm2-135m-instruct.jsonl
 
+For preference tuning the same rows become pairs (no model needed): the base model's answer chosen, a booking record
+rejected, which is what a model tuned on booking pairs alone answers to everything:
+
+    python -m llm_engineering.data.replay --pairs-from data/replay/smollm2-135m-instruct.jsonl \
+        --out data/replay/smollm2-135m-instruct-pairs.jsonl
+
 The prompts are general chat requests, none of them a regression probe (llm_engineering/evaluation/probes.jsonl), so
 the probes stay a test the fine-tune has not seen. Only answers that ended on their own (EOS) are kept: a cut-off
 answer trained with an end-of-turn would teach the model to stop mid-sentence.
@@ -49,15 +55,35 @@ def replay_rows(model, tokenizer, prompts: list[str], max_new_tokens: int = 160,
             for c, (text, stopped) in zip(conversations, answers) if stopped and text.strip()]
 
 
+def replay_pairs(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Preference pairs from replay rows: the base model's own answer chosen, a booking record rejected (ORPO on
+    booking pairs alone answered "How many days are in a week?" with "The booking is for Saturday, at 11:15, for 1."
+    and lost 73 % of the regression probes)."""
+    import random
+
+    from llm_engineering.data.synthetic import booking_example
+
+    rng = random.Random(seed)
+    return [{"prompt": row["messages"][:-1], "chosen": row["messages"][-1:],
+             "rejected": [{"role": "assistant", "content": json.dumps(booking_example(rng)[1], ensure_ascii=False)}]}
+            for row in rows]
+
+
 def main(argv=None) -> int:
     from llm_engineering.config import ModelConfig
     from llm_engineering.model.loading import load_model, load_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pairs-from", type=Path, help="a replay file to turn into preference pairs (no model)")
     parser.add_argument("--model", default="embedded", help="embedded, or a local checkpoint directory")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     args = parser.parse_args(argv)
+    if args.pairs_from:
+        rows = [json.loads(line) for line in args.pairs_from.read_text().splitlines() if line.strip()]
+        args.out.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in replay_pairs(rows)))
+        print(f"{args.out}: {len(rows)} pairs from {args.pairs_from}")
+        return 0
     cfg = ModelConfig() if args.model == "embedded" else ModelConfig(source="local", name_or_path=args.model)
     model, tokenizer = load_model(cfg, quantize=False, dtype="float32"), load_tokenizer(cfg)
     rows = replay_rows(model, tokenizer, PROMPTS, args.max_new_tokens)

@@ -71,7 +71,9 @@ def trainer_arguments(pref: PreferenceConfig, cfg: TrainConfig, adapter_cfg: Ada
         return ORPOConfig(**common)
     from trl import DPOConfig
 
-    return DPOConfig(**common, loss_type=[pref.loss_type], label_smoothing=pref.label_smoothing)
+    losses = {pref.loss_type: 1.0, **({"sft": pref.sft_loss_weight} if pref.sft_loss_weight else {})}
+    return DPOConfig(**common, loss_type=list(losses), loss_weights=list(losses.values()),
+                     label_smoothing=pref.label_smoothing)
 
 
 def pair_dataset(rows):
