@@ -23,7 +23,7 @@ CHILD = Path(__file__).with_name("resume_child.py")
 STEPS, EVERY = 24, 6
 
 
-def spec(tmp_path, model_cfg, name, preference=None):
+def spec(tmp_path, model_cfg, name, preference=None, steps=STEPS, every=EVERY):
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     initial = tmp_path / "initial"
     if not initial.exists():
@@ -35,8 +35,8 @@ def spec(tmp_path, model_cfg, name, preference=None):
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({
         "model": model_cfg.model_dump(), "adapter": adapter.model_dump(),
-        "train": {"learning_rate": 2e-3, "max_steps": STEPS, "per_device_batch_size": 4, "logging_steps": 4,
-                  "eval_steps": STEPS, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": EVERY},
+        "train": {"learning_rate": 2e-3, "max_steps": steps, "per_device_batch_size": 4, "logging_steps": 4,
+                  "eval_steps": steps, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": every},
         "initial": str(initial), "train_rows": split.train.to_list(), "eval_rows": split.eval.to_list(),
         "output": str(tmp_path / name / "adapter"), "checkpoints": str(tmp_path / name / "checkpoints"),
         **({"preference": preference} if preference else {}),
@@ -50,11 +50,11 @@ def train(spec_path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def kill_resume_and_compare(tmp_path, model_cfg, preference=None):
-    reference = train(spec(tmp_path, model_cfg, "uninterrupted", preference))
-    assert reference == {"resumed_from_step": 0, "steps": STEPS}
+def kill_resume_and_compare(tmp_path, model_cfg, preference=None, steps=STEPS, every=EVERY):
+    reference = train(spec(tmp_path, model_cfg, "uninterrupted", preference, steps, every))
+    assert reference == {"resumed_from_step": 0, "steps": steps}
 
-    killed_spec = spec(tmp_path, model_cfg, "killed", preference)
+    killed_spec = spec(tmp_path, model_cfg, "killed", preference, steps, every)
     checkpoints = tmp_path / "killed" / "checkpoints"
     child = subprocess.Popen([sys.executable, str(CHILD), str(killed_spec)], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,7 +68,7 @@ def kill_resume_and_compare(tmp_path, model_cfg, preference=None):
     assert not (tmp_path / "killed" / "adapter").exists()
 
     resumed = train(killed_spec)
-    assert EVERY <= resumed["resumed_from_step"] < STEPS and resumed["steps"] == STEPS
+    assert every <= resumed["resumed_from_step"] < steps and resumed["steps"] == steps
     assert not checkpoints.exists()  # removed once the trained adapter exists
     expected = load_file(tmp_path / "uninterrupted" / "adapter" / "adapter_model.safetensors")
     actual = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
@@ -83,4 +83,4 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_c
 
 def test_killed_dpo_resumes_from_its_last_checkpoint_with_the_same_reference(tmp_path, tiny_model_cfg):
     # the reference is TRL's copy of the start adapter: a resumed run must not take the checkpoint's policy for it
-    kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1})
+    kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1}, steps=12, every=4)
