@@ -10,6 +10,7 @@ their ratio and what landed in the bucket. Run it on an otherwise idle machine.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ def timed(command: list[str], cwd: Path, env: dict) -> float:
 def repo_with_config(scratch: Path, name: str, config: str) -> tuple[Path, Path, dict]:
     repo = scratch / name
     repo.mkdir()
+    shutil.copytree(ROOT / "data", repo / "data")  # as in a clone: the config names its files from the root
     document = yaml.safe_load((ROOT / config).read_text())
     document["parameters"]["config"]["export"]["output_dir"] = str(repo / "outputs" / "export")
     path = repo / "config.yaml"
