@@ -10,19 +10,16 @@ bad key stops the run before any step starts. Each step gets only its own sectio
 leaves the dataset, model and adapter-injection steps cached.
 """
 
-from pathlib import Path
 from typing import Any, Optional
 
 from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
-from llm_engineering.data.preference import check_rows_match_pipeline
 from llm_engineering.data.sources import inputs_digest
-from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
+from llm_engineering.evaluation.plan import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
-from llm_engineering.model.export import check_push_credentials, check_target
-from llm_engineering.model.gguf_export import check_model_supports_gguf
 from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
+from pipelines.checks import check_run
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -35,11 +32,7 @@ from steps.train_sft import train_sft
 @pipeline(name="finetune", on_start=on_stage_start, on_end=on_stage_end)  # the console's stage lines
 def finetune(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
-    check_rows_match_pipeline(cfg.data, "finetune")
-    check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
-    check_push_credentials(cfg.export.push_to_hub)
-    check_model_supports_gguf(cfg.model, cfg.export.gguf)
-    task_metric = check_evaluation(cfg)
+    task_metric = check_run(cfg, "finetune")
 
     # Cache keys see parameters, not file contents: the digests make an edited data file or checkpoint rerun its step.
     checkpoint = checkpoint_stamp(cfg.model)

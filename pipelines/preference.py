@@ -8,21 +8,18 @@ held-out pairs' chosen answers -> export + registry gate. The config schema, com
 are the finetune pipeline's; the same bad config or bad row stops the run before any model loads.
 """
 
-from pathlib import Path
 from typing import Any, Optional
 
 from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
-from llm_engineering.data.preference import check_rows_match_pipeline
 from llm_engineering.data.sources import inputs_digest
-from llm_engineering.evaluation.plan import check_evaluation, evaluation_files_digest
-from llm_engineering.model.export import check_push_credentials, check_target
-from llm_engineering.model.gguf_export import check_model_supports_gguf
+from llm_engineering.evaluation.plan import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
 from llm_engineering.orchestration.start_adapter import check_start_adapter_source
 from steps.chosen_conversations import chosen_conversations
+from pipelines.checks import check_run
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -36,12 +33,8 @@ from steps.train_preference import train_preference
 @pipeline(name="preference", on_start=on_stage_start, on_end=on_stage_end)
 def preference(config: Optional[dict[str, Any]] = None) -> None:
     cfg = load_run_config(config)
-    check_rows_match_pipeline(cfg.data, "preference")
     check_start_adapter_source(cfg.preference.start_adapter)
-    check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
-    check_push_credentials(cfg.export.push_to_hub)
-    check_model_supports_gguf(cfg.model, cfg.export.gguf)
-    task_metric = check_evaluation(cfg)
+    task_metric = check_run(cfg, "preference")
 
     checkpoint = checkpoint_stamp(cfg.model)
     train_pairs, eval_pairs, data_summary = load_dataset(
