@@ -44,13 +44,22 @@ PHRASES = {
     "day": ["on {day}", "this {day}", "{day}", "next {day}", "day: {day}", "for {day}"],
     "time": ["at {time}", "around {time}", "{time}", "time: {time}", "by {time}", "from {time}"],
 }
-# Made-up names and restaurants for half the rows, so the model learns to copy them from the request rather than to
-# pick from the lists above.
+# Made-up names and restaurants for two thirds of the rows, so the model learns to copy them from the request rather
+# than to pick from the lists above. Half are built from a few syllables, half letter by letter (consonant clusters,
+# accents, apostrophes, double names): from syllables alone the model learned to compose names from them, and wrote
+# "Hr" for Horvat and "Ahnor" for The Anchor.
 SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sa", "bel", "ri", "dan", "mo", "ze", "lin", "gar", "ul", "fe",
              "no", "tash", "vi", "ost", "er", "ha", "pel", "quin"]
+ONSETS = list("bcdfghjklmnprstvwz") + ["ch", "sh", "th", "st", "tr", "dr", "br", "kr", "gr", "sk", "vl", "zh", "pf",
+                                       "kl", "sv", "bj"]
+VOWELS = list("aeiouy") + ["ou", "ei", "ae", "é", "ö", "ü", "á", "ø", "ia"]
+CODAS = ["n", "r", "s", "t", "k", "l", "m", "ng", "rt", "sson", "vic", "ez", "ov", "ah", "sk", "dt", "ski", "ra", "ini"]
+NAME_SHAPES = ["{w}", "{w}", "{w}", "{w}", "O'{w}", "Mc{w}", "{w}-{w2}", "{w} {w2}", "de {w}"]
 ADJECTIVES = ["Silver", "Red", "Little", "Hidden", "Royal", "Crooked", "Sunny", "Iron", "Velvet", "Wild"]
-NOUNS = ["Spoon", "Lantern", "Kettle", "Garden", "Table", "Oak", "Harbour", "Fig", "Compass", "Bell"]
-RESTAURANT_SHAPES = ["The {adjective} {noun}", "{name}'s", "Chez {name}", "{noun} House", "{adjective} {noun} Bar"]
+NOUNS = ["Spoon", "Candle", "Kettle", "Garden", "Table", "Oak", "Harbour", "Fig", "Compass", "Bell"]
+RESTAURANT_SHAPES = ["The {adjective} {noun}", "{name}'s", "Chez {name}", "{noun} House", "{adjective} {noun} Bar",
+                     "The {word}", "{word}", "{word} {word2}", "{word} Kitchen", "Café {word}", "Trattoria {word}",
+                     "{word} Grill", "{noun} & {word}"]
 OPENERS = ["", "Hi, ", "Hello! ", "Please book: ", "Reservation - ", "I'd like a booking, ", "hey ", "Dear team, "]
 CLOSERS = [".", "!", "?", ", thanks.", " please.", ". Thank you!", ""]
 
@@ -74,18 +83,32 @@ def _written_time(hour: int, minute: int, rng: random.Random) -> str:
     return rng.choice([f"{hour:02d}:{minute:02d}", f"{hour}.{minute:02d}", f"{hour:02d}{minute:02d}h"])
 
 
+def _word(rng: random.Random) -> str:
+    """A pronounceable made-up word, letter by letter (2-3 syllables, maybe a coda), capitalised."""
+    word = "".join((rng.choice(ONSETS) if i or rng.random() < 0.7 else "") + rng.choice(VOWELS)
+                   for i in range(rng.randint(2, 3)))
+    return (word + (rng.choice(CODAS) if rng.random() < 0.6 else "")).capitalize()
+
+
 def made_up_name(rng: random.Random) -> str:
     while True:
-        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if rng.random() < 0.5:
+            name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        else:
+            name = rng.choice(NAME_SHAPES).format(w=_word(rng), w2=_word(rng))
         if name not in UNSEEN_NAMES:
             return name
+
+
+# No word of an evaluation restaurant is used to make training ones.
+_UNSEEN_WORDS = {word for name in UNSEEN_RESTAURANTS for word in name.split()} - {"The"}
 
 
 def made_up_restaurant(rng: random.Random) -> str:
     while True:
         name = rng.choice(RESTAURANT_SHAPES).format(adjective=rng.choice(ADJECTIVES), noun=rng.choice(NOUNS),
-                                                    name=made_up_name(rng))
-        if name not in UNSEEN_RESTAURANTS:
+                                                    name=made_up_name(rng), word=_word(rng), word2=_word(rng))
+        if name not in UNSEEN_RESTAURANTS and not set(name.split()) & _UNSEEN_WORDS:
             return name
 
 
@@ -94,7 +117,7 @@ def booking_example(rng: random.Random, unseen: bool = False) -> tuple[str, dict
     def pick(listed: list[str], unseen_list: list[str], made_up) -> str:
         if unseen:
             return rng.choice(unseen_list)
-        return rng.choice(listed) if rng.random() < 0.5 else made_up(rng)
+        return rng.choice(listed) if rng.random() < 1 / 3 else made_up(rng)
 
     templates = UNSEEN_TEMPLATES if unseen else TEMPLATES
     record = {
