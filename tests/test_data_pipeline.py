@@ -1,6 +1,6 @@
 """The dataset step inside real `zenml pipeline run`s: an edited data file is read again (ZenML's cache key sees
-parameters, not file contents), an unchanged one comes from the cache, and the shipped mixture and tool-calling
-configs run end to end (their data sections as shipped, on the tiny model)."""
+parameters, not file contents) and an unchanged one comes from the cache. The shipped data configs run end to end in
+tests/test_shipped_configs.py."""
 
 import json
 
@@ -9,7 +9,7 @@ from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
 from llm_engineering.data.synthetic import booking_rows
-from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
 
 ZENML_MODEL = {"name": "tiny-data", "license": "apache-2.0"}
 
@@ -66,37 +66,3 @@ def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_c
     steps = last_steps(repo, monkeypatch)
     assert steps["load_dataset"].status == ExecutionStatus.CACHED
     assert trained_answers(steps) == after
-
-
-@pytest.mark.parametrize("name", ["data_mixture", "data_tools", "data_text"])
-def test_the_shipped_mixture_tool_and_text_configs_run_end_to_end(repo, tiny_model_dir, monkeypatch, name):
-    import yaml
-
-    shipped = yaml.safe_load((PROJECT / "configs" / f"{name}.yaml").read_text())["parameters"]["config"]
-    data = shipped["data"]
-    for source in data.get("sources", [data]):  # the sample files, wherever the test repo is
-        if source.get("path"):
-            source["path"] = str(PROJECT / source["path"])
-    params = parameters(tiny_model_dir, data)
-    params["model"]["chat_template"] = shipped["model"].get("chat_template", "tokenizer")
-    params["train"]["max_length"] = shipped["train"]["max_length"]
-    params["eval"]["metric"] = shipped["eval"]["metric"]
-    params["export"]["registered_model_name"] = f"tiny-{name}"  # and gated, on the config's own metric
-    done = run_pipeline(repo, write_config(repo / f"{name}.yaml", params, model=ZENML_MODEL))
-    assert done.returncode == 0, done.stderr[-5000:]
-    steps = last_steps(repo, monkeypatch)
-    assert all(step.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED) for step in steps.values())
-    meta = steps["load_dataset"].run_metadata
-    assert meta["rows_invalid"] == 0 and meta["train_rows"] > 0
-    if name == "data_mixture":
-        assert [s["rows_read"] for s in meta["sources"]] == [240, 60, 60]
-        assert meta["duplicate_rows"] == meta["rows_deduped"] == 30
-    elif name == "data_tools":
-        rows = steps["load_dataset"].outputs["train_dataset"][0].load()
-        assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"
-    export = steps["export_model"].run_metadata
-    assert export["finetuned_" + params["eval"]["metric"]] >= 0
-    assert export["registered_model_name"] == f"tiny-{name}" and export["promotion"] == "champion"
-    if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
-        assert meta["format"] == "text" and export["finetuned_perplexity"] > 1
-        assert export["promotion_reason"] == "no champion yet"
