@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_engineering.config import DataConfig, load_run_config_file
-from llm_engineering.data.prepare import prepare
+from llm_engineering.data.prepare import ROWS_PER_PROCESS, prepare
 from llm_engineering.data.sources import DataError, read_path
 from llm_engineering.data.synthetic import booking_rows
 from tests.conftest import prepared
@@ -36,6 +36,31 @@ def test_split_is_seeded_and_disjoint(tokenizer):
     assert first.report.train_rows == 50 and first.report.rows_read == 60
     assert not {json.dumps(r) for r in first.train} & {json.dumps(r) for r in first.eval}
     assert len(first.report.fingerprint) == 64
+
+
+def test_two_map_processes_give_the_rows_and_problems_one_gives(tokenizer, tmp_path):
+    """From 2 x ROWS_PER_PROCESS rows the map runs in two processes, each writing its own Arrow file; the per-row
+    columns are read back across both files in order: the same bad rows named, split, fingerprints and tokens."""
+    lines = [json.dumps(row) for row in booking_rows(2 * ROWS_PER_PROCESS + 10, seed=5)]
+    broken = [7, ROWS_PER_PROCESS + 3, len(lines) - 2]  # one in each process's half, one near the end
+    for i in broken:
+        lines[i] = lines[i][:40]
+
+    def run(num_proc):  # each in its own folder: the same rows, but not the other run's datasets cache
+        path = tmp_path / f"proc{num_proc}" / "big.jsonl"
+        path.parent.mkdir()
+        path.write_text("\n".join(lines) + "\n")
+        cfg = DataConfig(source="file", path=str(path), eval_rows=50, on_invalid="skip", num_proc=num_proc)
+        return prepare(cfg, tokenizer, 256)
+
+    two, one = run(2), run(1)
+    assert len(two.train.cache_files) == 2 and len(one.train.cache_files) == 1  # one Arrow file per process
+    assert one.report.rows_invalid == 3
+    assert [e.split(":")[0] for e in one.report.invalid_examples] == [f"big.jsonl line {i + 1}" for i in broken]
+    for field in ("fingerprint", "eval_fingerprint", "rows_invalid", "invalid_examples", "train_rows", "stats"):
+        assert getattr(two.report, field) == getattr(one.report, field), field
+    assert two.train[:50]["input_ids"] == one.train[:50]["input_ids"]
+    assert two.eval["labels"] == one.eval["labels"]
 
 
 def test_fingerprint_changes_with_content_and_with_the_template(tokenizer, tmp_path):

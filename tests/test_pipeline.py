@@ -69,7 +69,7 @@ def test_every_step_ran_with_named_outputs_and_metadata(repo, monkeypatch):
     store = Path(Client().active_stack.artifact_store.path) / "sft-checkpoints"
     assert store.is_dir() and list(store.iterdir()) == []
     # the dataset is an HF dataset in Arrow, not a pickle
-    assert "huggingface" in run.steps["load_dataset"].outputs["train_dataset"][0].materializer.module
+    assert run.steps["load_dataset"].outputs["train_dataset"][0].materializer.attribute == "DatasetMaterializer"
 
 
 def test_mlflow_has_the_params_metrics_artifacts_and_registered_model(repo, monkeypatch):
