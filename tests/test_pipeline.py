@@ -435,7 +435,8 @@ def errors(done) -> str:  # the lines of a failed run that say why
 def preference_parameters(tiny_model_dir, start_adapter) -> dict:
     parameters = tiny_parameters(tiny_model_dir)
     parameters["data"] = {"source": "synthetic", "task": "booking_preference", "num_rows": 24, "eval_rows": 8}
-    parameters["train"].update(max_steps=4, eval_steps=4, checkpoint_steps=None)
+    # prompt + the longer answer: made-up names run to many tokens, past the tiny runs' 128
+    parameters["train"].update(max_steps=4, eval_steps=4, checkpoint_steps=None, max_length=192)
     parameters["preference"] = {"method": "dpo", "beta": 0.1, "start_adapter": start_adapter}
     parameters["export"] = {"output_dir": "outputs/tiny-dpo", "registered_model_name": "tiny-booking-dpo"}
     parameters["eval"] = {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4}
