@@ -6,9 +6,9 @@
 Writes one JSONL of two-turn chat rows (system, user, assistant, user, assistant; a few hundred tokens each, varied
 words, seeded) per size, then runs `prepare` (read, normalise, validate, template, tokenize, mask, dedupe, split) on
 each in its own process, with a fresh datasets cache, so sizes do not share memory or cached work. Each process
-reports its wall time, its peak RSS above its own start (after imports and the tokenizer; this counts the pages of
-memory-mapped Arrow files it touched), the peak anonymous memory of it and its map workers together (sampled every
-0.1 s: the memory the step really needs), the largest worker's peak RSS, and the size of the Arrow cache written.
+reports its wall time, its peak RSS above its own start (after imports and the tokenizer, whose load peak is reset
+first; this counts the pages of memory-mapped Arrow files it touched), its own peak anonymous memory (sampled every
+0.1 s), the peak anonymous memory of it and its map workers together (the memory the step really needs), the largest worker's peak RSS, and the size of the Arrow cache written.
 At 100k it also runs num_proc 1 for the speed-up, and first `--synthetic` rows of the built-in task.
 `--baseline-ref` runs the same sizes (up to 100k) with the dataset code of an earlier commit (a git worktree) for
 comparison. Run it alone on the machine: two processes on two cores slow each other about tenfold.
@@ -80,15 +80,17 @@ def anon_kib(pid: int) -> int:
 
 
 class AnonPeak(threading.Thread):
-    """Samples anon_kib of this process tree every 0.1 s; `peak` is the largest sum seen."""
+    """Samples anon_kib of this process tree every 0.1 s; `peak` is the largest sum seen, `own_peak` the largest
+    anonymous memory of this process alone."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.running = 0, True
+        self.peak, self.own_peak, self.running = 0, 0, True
 
     def run(self):
         while self.running:
             self.peak = max(self.peak, anon_kib(os.getpid()))
+            self.own_peak = max(self.own_peak, status_kib("RssAnon"))
             time.sleep(0.1)
 
 
@@ -104,7 +106,8 @@ def child(path: str, num_proc: int) -> None:
         cfg = DataConfig(num_rows=int(path.split(":")[1]), eval_rows=100, **extra)
     else:
         cfg = DataConfig(source="file", path=path, eval_rows=100, **extra)
-    start_kib, start_anon = status_kib("VmRSS"), anon_kib(os.getpid())
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the tokenizer's load peak is not counted
+    start_kib, start_anon, start_own = status_kib("VmRSS"), anon_kib(os.getpid()), status_kib("RssAnon")
     sampler = AnonPeak()
     sampler.start()
     start = time.perf_counter()
@@ -116,6 +119,7 @@ def child(path: str, num_proc: int) -> None:
         "rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
         "peak_rss_above_start_gib": round((status_kib("VmHWM") - start_kib) / 2**20, 3),
         "peak_anon_all_processes_above_start_gib": round((sampler.peak - start_anon) / 2**20, 3),
+        "peak_anon_main_above_start_gib": round((sampler.own_peak - start_own) / 2**20, 3),
         "largest_worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3),
         "train_tokens_mean": data.report.stats.get("train_tokens_mean"),
     }))
@@ -180,14 +184,14 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(work / "baseline")], cwd=ROOT)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'variant':<40}{'rows':>9}{'seconds':>9}{'rows/s':>8}{'RSS GiB':>9}{'anon GiB':>9}{'worker GiB':>11}"
-          f"{'cache GiB':>10}")
+    print(f"\n{'variant':<34}{'rows':>9}{'seconds':>9}{'rows/s':>8}{'RSS GiB':>9}{'main anon':>10}{'all anon':>9}"
+          f"{'worker GiB':>11}{'cache GiB':>10}")
     for r in results:
         if "error" in r:
-            print(f"{r['variant']:<40} failed: {r['error'][-200:]}")
+            print(f"{r['variant']:<34} failed: {r['error'][-200:]}")
             continue
-        print(f"{r['variant']:<40}{r['rows']:>9}{r['seconds']:>9}{r['rows_per_s']:>8}{r['peak_rss_above_start_gib']:>9}"
-              f"{r['peak_anon_all_processes_above_start_gib']:>9}{r['largest_worker_peak_rss_gib']:>11}"
+        print(f"{r['variant']:<34}{r['rows']:>9}{r['seconds']:>9}{r['rows_per_s']:>8}{r['peak_rss_above_start_gib']:>9}"
+              f"{r.get('peak_anon_main_above_start_gib', '-'):>10}{r['peak_anon_all_processes_above_start_gib']:>9}{r['largest_worker_peak_rss_gib']:>11}"
               f"{r['arrow_cache_gib']:>10}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),

@@ -132,6 +132,31 @@ def test_a_broken_parquet_file_is_named(tmp_path):
         read_path(tmp_path / "rows.parquet")
 
 
+def test_a_file_cut_off_midway_is_named_and_leaves_no_half_cache(tmp_path, monkeypatch):
+    """A download that stopped midway: the rows read before the cut are not cached as if they were the file."""
+    import gzip
+
+    import datasets
+
+    from llm_engineering.data import sources
+
+    monkeypatch.setattr(sources, "RAW_BATCH_BYTES", 2000)  # several record batches before the cut
+    rows = [json.dumps({"text": f"row {i} " + "words " * 60}) for i in range(200)]
+    whole = gzip.compress(("\n".join(rows) + "\n").encode())
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / "llm_engineering_raw"
+    before = set(cache.glob("*")) if cache.exists() else set()
+    with pytest.raises(DataError, match=r"rows.jsonl.gz: cannot be read \(EOFError"):
+        read_path(path)
+    assert set(cache.glob("*")) == before  # no partial file, no short cache
+
+    path.write_bytes(whole)
+    raw = read_path(path).dataset
+    assert raw.num_rows == 200 and raw.data.to_batches().__len__() > 1
+    assert raw["location"][-1] == "rows.jsonl.gz line 200" and json.loads(raw["row"][-1]) == json.loads(rows[-1])
+
+
 GOOD = booking_rows(1, seed=0)[0]
 BAD_ROWS = [  # (row, reason the report must give)
     ({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]},

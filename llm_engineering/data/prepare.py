@@ -154,7 +154,7 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
         invalid_examples=[e for s in sources for e in s.report.pop("invalid_examples")][:MAX_REPORTED],
         sources=[s.report for s in sources],
     )
-    report.stats = length_stats(lengths[train].tolist(), "train") | {"train_trained_tokens": int(trained[train].sum())}
+    report.stats = length_stats(lengths[train], "train") | {"train_trained_tokens": int(trained[train].sum())}
     return PreparedData(_split_dataset(combined, train, unused), _split_dataset(combined, held_out, unused), report,
                         lengths[train])
 
@@ -170,9 +170,7 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
                         f"({', '.join(kind.formats)})")
     settings = dict(format=fmt, columns=dict(src.columns), loss_on=cfg.loss_on, max_length=max_length,
                     truncate=cfg.truncate)
-    fingerprint = hashlib.sha256(json.dumps(
-        [rows._fingerprint, kind.name, settings, tokenizer_digest(tokenizer), code],
-        sort_keys=True).encode()).hexdigest()[:32]
+    fingerprint = _digest(rows._fingerprint, kind.name, settings, tokenizer_digest(tokenizer), code)
     requested = cfg.num_proc or environment_cores()
     num_proc = max(1, min(requested, len(rows) // ROWS_PER_PROCESS))
     with datasets_bar(f"preparing {src.name}", len(rows)):
@@ -182,8 +180,7 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
             new_fingerprint=fingerprint, desc=f"preparing {src.name}",
         )
     columns = _scan(processed)
-    bad = np.flatnonzero(columns.bad)
-    good = np.setdiff1d(np.arange(len(processed)), bad)
+    bad, good = np.flatnonzero(columns.bad), np.flatnonzero(np.logical_not(columns.bad))
     listed = []
     if len(bad):
         sample = processed.select(bad[:MAX_REPORTED])
@@ -282,9 +279,14 @@ def _row_hash(row: dict, ids: list[int], labels: list[int]) -> int:
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
+def _digest(*parts) -> str:
+    """A datasets fingerprint for a transform of ours: what it reads and how."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def _fingerprint(row_hashes: np.ndarray) -> str:
     """SHA-256 over the rows' hashes in order: any change of content, tokens, masks or selection shows."""
-    return hashlib.sha256(np.ascontiguousarray(row_hashes, dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(row_hashes, dtype=np.int64).data).hexdigest()  # no bytes copy
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -313,31 +315,42 @@ def _scan(dataset) -> _Columns:
     files = [f["filename"] for f in dataset.cache_files]
     # an in-memory table, or one behind an indices mapping (whose order the files do not follow), is read as it is
     batches = from_files(files) if files and dataset._indices is None else iter(dataset.data.to_batches())
-    numbers = {name: [] for name in ("row_hash", "length", "trained_tokens", "truncated", "bad")}
+    total = len(dataset)
+    numbers = {name: None for name in ("row_hash", "length", "trained_tokens", "truncated", "bad")}
     nulls, rows, longest = {"text": 0, "tools": 0}, 0, 0
     for batch in batches:
-        for name in ("row_hash", "length", "trained_tokens", "truncated"):
-            numbers[name].append(np.array(batch.column(name).to_numpy(zero_copy_only=False)))  # a copy: no view
-        numbers["bad"].append(pc.is_valid(batch.column("problem")).to_numpy(zero_copy_only=False))  # of the batch
-        rows += batch.num_rows
+        end = rows + batch.num_rows
+        if end > total:
+            break
+        values = {name: batch.column(name).to_numpy(zero_copy_only=False)
+                  for name in ("row_hash", "length", "trained_tokens", "truncated")}
+        values["bad"] = pc.is_valid(batch.column("problem")).to_numpy(zero_copy_only=False)
+        for name, array in values.items():  # copied into one array per column: no view keeps a batch alive
+            if numbers[name] is None:
+                numbers[name] = np.empty(total, dtype=array.dtype)
+            numbers[name][rows:end] = array
+        rows = end
         for name in nulls:
             if name in batch.schema.names:
                 nulls[name] += batch.column(name).null_count
         if "messages" in batch.schema.names and batch.num_rows:
             longest = max(longest, pc.max(pc.list_value_length(batch.column("messages"))).as_py() or 0)
-    if rows != len(dataset):
-        raise RuntimeError(f"read {rows} rows from the processed files, the dataset has {len(dataset)}")
+    if rows != total:
+        raise RuntimeError(f"the processed files do not hold the dataset's {total} rows (read {rows} or more)")
     names = dataset.column_names
     unused = {name for name in nulls if name in names and nulls[name] == rows}
     if "messages" in names and longest == 0:
         unused |= {"messages", "tools"} & set(names)
-    return _Columns(**{name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in numbers.items()},
+    return _Columns(**{name: array if array is not None else np.zeros(0) for name, array in numbers.items()},
                     unused=unused)
 
 
 def _split_dataset(dataset, indices: np.ndarray, unused: set[str]):
-    """The rows at `indices` (an indices mapping, no copy), without internal columns or ones no row uses."""
-    return dataset.select(indices).remove_columns(INTERNAL_COLUMNS + sorted(unused))
+    """The rows at `indices` (an indices mapping, no copy), without internal columns or ones no row uses.
+    The new fingerprint is given: datasets would otherwise pickle the whole index array to hash it."""
+    chosen = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).data).hexdigest()
+    selected = dataset.select(indices, new_fingerprint=_digest(dataset._fingerprint, chosen))
+    return selected.remove_columns(INTERNAL_COLUMNS + sorted(unused))
 
 
 def prepare_file(path: str, tokenizer, max_length: int, loss_on: str = "assistant"):

@@ -4,9 +4,9 @@ directory or a glob) or the hub, into a memory-mapped Arrow dataset.
 Every source becomes the same two columns: `row`, the row as JSON text, and `location`, where a user finds it
 ("chat.jsonl line 12", "train.csv row 3"). Rows stay JSON text until formats.py normalises them, one row at a time:
 Arrow would otherwise unify the rows' schemas (every message gets every key any message has, every tool schema the
-properties of all the others), which silently changes tool definitions and chat rows. The rows are written by
-`Dataset.from_generator` in batches, so memory stays flat however many rows there are, and its cache is keyed on the
-files' content digest: an edited file is read again, an unchanged one is reused.
+properties of all the others), which silently changes tool definitions and chat rows. The rows are written to an
+Arrow file in the datasets cache a batch at a time, so memory stays flat however many rows there are, and the file is
+named by the files' content digest: an edited file is read again, an unchanged one is reused.
 
 JSONL lines end at "\\n" only (U+2028/U+2029 inside strings are text); CSV is parsed by the csv module on the open
 file, so quoted cells keep their newlines.
@@ -32,6 +32,7 @@ from llm_engineering.config import SourceConfig
 FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 COMPRESSIONS = (".gz", ".zst")
 RAW_COLUMNS = ("row", "location")
+RAW_BATCH_BYTES = 4 << 20  # of row text per record batch (see _raw_arrow)
 
 
 class DataError(ValueError):
@@ -46,8 +47,6 @@ class RawRows:
 
 def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRows:
     """The source's rows as Arrow (`row`, `location`); DataError for a missing, empty or unreadable source."""
-    from datasets import Dataset
-
     fingerprint = None
     if src.source == "file":
         files = resolve_files(src.path)
@@ -63,16 +62,13 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
         generator = _hub_rows
         if src.hub_revision is None:  # the stream's head moves: read it again rather than reuse an old copy
             fingerprint = uuid.uuid4().hex
-    kwargs["code"] = code_digest  # a changed reader is a different dataset (the generator is hashed by name)
+    kwargs["code"] = code_digest  # a changed reader is a different dataset
+    key = fingerprint or hashlib.sha256(json.dumps([generator.__name__, kwargs], sort_keys=True).encode()).hexdigest()
     try:
-        dataset = Dataset.from_generator(generator, features=raw_features(), gen_kwargs=kwargs,
-                                         fingerprint=fingerprint)
+        dataset = _raw_arrow(generator(**kwargs), key)
     except DataError:
         raise
-    except Exception as exc:  # datasets wraps the generator's errors: surface ours, name the source otherwise
-        cause = _data_error_in(exc)
-        if cause:
-            raise cause from None
+    except Exception as exc:  # the hub and the file readers raise many types: name the source either way
         raise DataError(f"{src.name}: could not read the rows ({type(exc).__name__}: {exc})") from exc
     if len(dataset) == 0:
         raise DataError(f"{src.name}: no rows")
@@ -106,12 +102,41 @@ def read_path(path) -> RawRows:
     return load_raw(SourceConfig(source="file", path=str(path)))
 
 
-def _data_error_in(exc: BaseException):
-    while exc is not None:
-        if isinstance(exc, DataError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+def _raw_arrow(rows: Iterator[dict], key: str):
+    """The rows written once to an Arrow file in the datasets cache named by `key`, then memory-mapped.
+
+    Record batches are cut by size (RAW_BATCH_BYTES of row text), not by a row count: opening a mapped Arrow file
+    reads every batch's header, and each read maps the pages around it (up to 64 KiB), so 1,000-row batches of
+    1.6 KiB rows made the process's RSS grow by ~64 MiB per million rows (Dataset.from_generator's default)."""
+    import pyarrow as pa
+    from datasets import Dataset, config
+
+    path = Path(config.HF_DATASETS_CACHE) / "llm_engineering_raw" / f"{key}.arrow"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # renamed when whole: never half a cache
+        schema = raw_features().arrow_schema
+        try:
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                for chunk in _batches_by_size(rows, RAW_BATCH_BYTES):
+                    writer.write_batch(pa.record_batch([pa.array([r[c] for r in chunk], pa.string())
+                                                        for c in RAW_COLUMNS], schema=schema))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return Dataset.from_file(str(path))
+
+
+def _batches_by_size(rows: Iterator[dict], limit: int) -> Iterator[list[dict]]:
+    chunk, size = [], 0
+    for row in rows:
+        chunk.append(row)
+        size += len(row["row"])
+        if size >= limit:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def resolve_files(spec: str) -> list[Path]:

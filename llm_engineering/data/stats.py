@@ -6,19 +6,23 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 
 def length_stats(lengths: Sequence[int], prefix: str) -> dict[str, float]:
-    if not lengths:
+    """Totals and percentiles as plain ints/floats; a numpy array (a million rows) stays one array, not a list."""
+    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
+    if not len(ordered):
         return {}
-    ordered = sorted(lengths)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    pick = lambda q: int(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
+    total = int(ordered.sum())
     return {
-        f"{prefix}_tokens_total": sum(ordered),
-        f"{prefix}_tokens_min": ordered[0],
-        f"{prefix}_tokens_mean": round(sum(ordered) / len(ordered), 2),
+        f"{prefix}_tokens_total": total,
+        f"{prefix}_tokens_min": int(ordered[0]),
+        f"{prefix}_tokens_mean": round(total / len(ordered), 2),
         f"{prefix}_tokens_p50": pick(0.5),
         f"{prefix}_tokens_p95": pick(0.95),
-        f"{prefix}_tokens_max": ordered[-1],
+        f"{prefix}_tokens_max": int(ordered[-1]),
     }
 
 
@@ -30,7 +34,7 @@ def histogram(lengths: Sequence[int], max_length: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 3.2))
-    axes.hist(lengths, bins=min(50, max(5, len(set(lengths)))), color="#4878d0")
+    axes.hist(lengths, bins=min(50, max(5, len(np.unique(lengths)))), color="#4878d0")
     axes.axvline(max_length, color="#d65f5f", linestyle="--", label=f"max_length={max_length}")
     axes.set_xlabel("tokens per row (after templating)")
     axes.set_ylabel("rows")
