@@ -32,6 +32,8 @@ from llm_engineering.data.tokenization import IGNORE, tokenize_rows
 
 logger = logging.getLogger(__name__)
 MAX_REPORTED = 5
+MAP_BATCH_ROWS = 4000  # rows per map call and per record batch of the processed files (see _process_in_chunks)
+PROCESS_ROWS = 1000  # rows in Python objects at once
 ROWS_PER_PROCESS = 10_000  # below this a worker pool costs more than it saves
 INTERNAL_COLUMNS = ["problem", "row_hash", "truncated", "trained_tokens", "length"]
 
@@ -108,13 +110,14 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
     sources = [_prepare_source(src, cfg, tokenizer, max_length, kind) for src in cfg.source_list()]
     rng = np.random.default_rng(cfg.seed)
     offsets = np.cumsum([0] + [len(s.dataset) for s in sources])
-    hashes = np.concatenate([s.columns.row_hash for s in sources])
+    hashes = _joined([s.columns.row_hash for s in sources])  # per-row arrays: a million rows are ~8 MiB each
     origin, pool = [], []
     for i, s in enumerate(sources):  # each source shuffled and capped on its own
         chosen = rng.permutation(s.good)[: s.cfg.max_rows]
-        pool.append(chosen + offsets[i])
-        origin.append(np.full(len(chosen), i))
-    pool, origin = np.concatenate(pool), np.concatenate(origin)
+        chosen += offsets[i]
+        pool.append(chosen)
+        origin.append(np.full(len(chosen), i, dtype=np.int16))
+    pool, origin = _joined(pool), _joined(origin)
 
     _, first = np.unique(hashes[pool], return_index=True)
     duplicates = len(pool) - len(first)
@@ -130,14 +133,19 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
     if sources[0].cfg.weight is not None:
         train = _weighted(train, train_origin, [s.cfg.weight for s in sources], rng)
         train_origin = np.searchsorted(offsets, train, side="right") - 1
-    overlap = int(np.isin(hashes[held_out], hashes[train]).sum())
+    train_hashes, held_hashes = hashes[train], hashes[held_out]
+    fingerprint = _fingerprint(train_hashes)
+    train_hashes.sort()  # in place: the overlap is a binary search, not np.isin's copies of both
+    found = np.searchsorted(train_hashes, held_hashes).clip(max=len(train_hashes) - 1)
+    overlap = int((train_hashes[found] == held_hashes).sum())
+    del train_hashes
     if overlap:
         logger.warning("%d of %d eval rows are also training rows: every evaluation on them is inflated "
                        "(set data.dedupe: true to drop duplicates)", overlap, len(held_out))
 
     combined = concatenate_datasets([s.dataset for s in sources]) if len(sources) > 1 else sources[0].dataset
-    lengths = np.concatenate([s.columns.length for s in sources])
-    trained = np.concatenate([s.columns.trained_tokens for s in sources])
+    train_lengths = _joined([s.columns.length for s in sources])[train]
+    trained = _joined([s.columns.trained_tokens for s in sources])
     unused = set.intersection(*(s.columns.unused for s in sources))
     for i, s in enumerate(sources):
         s.report.update(train_rows=int((train_origin == i).sum()),
@@ -145,7 +153,7 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
     report = DataReport(
         source=" + ".join(s.cfg.name for s in sources),
         format=",".join(dict.fromkeys(s.report["format"] for s in sources)),
-        fingerprint=_fingerprint(hashes[train]), eval_fingerprint=_fingerprint(hashes[held_out]),
+        fingerprint=fingerprint, eval_fingerprint=_fingerprint(held_hashes),
         rows_read=sum(s.report["rows_read"] for s in sources),
         rows_invalid=sum(s.report["rows_invalid"] for s in sources),
         rows_truncated=sum(s.report["rows_truncated"] for s in sources),
@@ -154,9 +162,9 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
         invalid_examples=[e for s in sources for e in s.report.pop("invalid_examples")][:MAX_REPORTED],
         sources=[s.report for s in sources],
     )
-    report.stats = length_stats(lengths[train], "train") | {"train_trained_tokens": int(trained[train].sum())}
+    report.stats = length_stats(train_lengths, "train") | {"train_trained_tokens": int(trained[train].sum())}
     return PreparedData(_split_dataset(combined, train, unused), _split_dataset(combined, held_out, unused), report,
-                        lengths[train])
+                        train_lengths)
 
 
 def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: int, kind: RowKind) -> _Source:
@@ -175,8 +183,9 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
     num_proc = max(1, min(requested, len(rows) // ROWS_PER_PROCESS))
     with datasets_bar(f"preparing {src.name}", len(rows)):
         processed = rows.map(
-            kind.process, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
-            fn_kwargs={"tokenizer": tokenizer, **settings}, remove_columns=["row"], features=kind.features(),
+            _process_in_chunks, batched=True, batch_size=MAP_BATCH_ROWS, writer_batch_size=MAP_BATCH_ROWS,
+            num_proc=num_proc if num_proc > 1 else None, remove_columns=["row"], features=kind.features(),
+            fn_kwargs={"process": kind.process, "features": kind.features(), "tokenizer": tokenizer, **settings},
             new_fingerprint=fingerprint, desc=f"preparing {src.name}",
         )
     columns = _scan(processed)
@@ -195,6 +204,25 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
               "rows_truncated": int(columns.truncated[good].sum()),
               "fingerprint": _fingerprint(columns.row_hash[good]), "invalid_examples": listed}
     return _Source(src, processed, good, report, columns)
+
+
+def _process_in_chunks(batch: dict, process: Callable[..., dict], features, **settings):
+    """`process` over PROCESS_ROWS rows at a time, each chunk turned into Arrow at once by datasets' own writer: a
+    MAP_BATCH_ROWS batch is written as one record batch while only one chunk's Python objects (~32 KiB per row of
+    token lists) are alive. Fewer, larger record batches matter to the main process: opening a memory-mapped Arrow
+    file reads every batch's header, and each read maps up to 64 KiB of pages around it."""
+    import pyarrow as pa
+    from datasets.arrow_writer import ArrowWriter
+
+    sink = pa.BufferOutputStream()
+    with ArrowWriter(features=features, stream=sink) as writer:
+        for start in range(0, len(batch["row"]), PROCESS_ROWS):
+            chunk = {name: values[start:start + PROCESS_ROWS] for name, values in batch.items()}
+            out = process(chunk, **settings)
+            out["location"] = chunk["location"]
+            writer.write_batch(out)
+        writer.finalize()
+    return pa.ipc.open_stream(sink.getvalue()).read_all()
 
 
 def parse_rows(texts: list[str], columns: dict, normalise_row: Callable[[dict], dict]):
@@ -255,6 +283,10 @@ def _detect(rows, src: SourceConfig, kind: RowKind) -> str:
                         f"{sorted(first) if isinstance(first, dict) else []}; set format ({', '.join(kind.formats)}) "
                         "and map columns with columns")
     return fmt
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)  # one source: no copy
 
 
 def _weighted(train: np.ndarray, origin: np.ndarray, weights: list[float], rng) -> np.ndarray:
@@ -347,9 +379,21 @@ def _scan(dataset) -> _Columns:
 
 def _split_dataset(dataset, indices: np.ndarray, unused: set[str]):
     """The rows at `indices` (an indices mapping, no copy), without internal columns or ones no row uses.
-    The new fingerprint is given: datasets would otherwise pickle the whole index array to hash it."""
-    chosen = hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).data).hexdigest()
-    selected = dataset.select(indices, new_fingerprint=_digest(dataset._fingerprint, chosen))
+
+    The mapping is built from the array as it is: `Dataset.select` turns the array into a list of numpy scalars
+    (~40 MiB per million rows, kept by the allocator after it is freed) and pickles it for a fingerprint."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    fingerprint = _digest(dataset._fingerprint, hashlib.sha256(indices.data).hexdigest())
+    if dataset._indices is not None:  # never after our map: the general path, slow but right
+        selected = dataset.select(indices, new_fingerprint=fingerprint)
+    else:
+        mapping = InMemoryTable(pa.table({"indices": pa.array(indices.astype(np.uint64))}))
+        selected = Dataset(dataset.data, info=dataset.info.copy(), split=dataset.split, indices_table=mapping,
+                           fingerprint=fingerprint)
     return selected.remove_columns(INTERNAL_COLUMNS + sorted(unused))
 
 

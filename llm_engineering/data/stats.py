@@ -11,7 +11,8 @@ import numpy as np
 
 def length_stats(lengths: Sequence[int], prefix: str) -> dict[str, float]:
     """Totals and percentiles as plain ints/floats; a numpy array (a million rows) stays one array, not a list."""
-    ordered = np.sort(np.asarray(lengths, dtype=np.int64))
+    ordered = np.array(lengths, dtype=np.int64)  # one copy, sorted in place
+    ordered.sort()
     if not len(ordered):
         return {}
     pick = lambda q: int(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
