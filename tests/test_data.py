@@ -63,6 +63,28 @@ def test_two_map_processes_give_the_rows_and_problems_one_gives(tokenizer, tmp_p
     assert two.eval["labels"] == one.eval["labels"]
 
 
+def test_rows_processed_in_chunks_of_a_map_batch_keep_their_locations(tokenizer, tmp_path, monkeypatch):
+    """A map batch is processed a few rows at a time and written as one record batch: chunk edges change nothing."""
+    from llm_engineering.data import prepare as preparing
+
+    lines = [json.dumps(row) for row in booking_rows(40, seed=3)]
+    lines[12] = lines[12][:30]  # a bad row inside the second chunk of the second batch below
+
+    def run(name, batch_rows, chunk_rows):
+        monkeypatch.setattr(preparing, "MAP_BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(preparing, "PROCESS_ROWS", chunk_rows)
+        path = tmp_path / name / "rows.jsonl"
+        path.parent.mkdir()
+        path.write_text("\n".join(lines) + "\n")
+        return prepare(DataConfig(source="file", path=str(path), eval_rows=5, on_invalid="skip"), tokenizer, 256)
+
+    chunked, whole = run("chunked", 10, 3), run("whole", 1000, 1000)
+    assert [e.split(":")[0] for e in chunked.report.invalid_examples] == ["rows.jsonl line 13"]
+    assert chunked.report.fingerprint == whole.report.fingerprint
+    assert chunked.train["location"] == whole.train["location"] and chunked.train["labels"] == whole.train["labels"]
+    assert chunked.train.data.to_batches()[0].num_rows == 10  # the map batch, not the chunk
+
+
 def test_fingerprint_changes_with_content_and_with_the_template(tokenizer, tmp_path):
     base = prepare(DataConfig(num_rows=30, eval_rows=5), tokenizer, 256).report.fingerprint
     assert base != prepare(DataConfig(num_rows=30, eval_rows=5, seed=9), tokenizer, 256).report.fingerprint

@@ -110,23 +110,24 @@ def prepare(cfg: DataConfig, tokenizer, max_length: int, kind: Optional[RowKind]
     sources = [_prepare_source(src, cfg, tokenizer, max_length, kind) for src in cfg.source_list()]
     rng = np.random.default_rng(cfg.seed)
     offsets = np.cumsum([0] + [len(s.dataset) for s in sources])
+    index_type = np.int32 if offsets[-1] < 2**31 else np.int64  # half the memory of int64 per row index
     hashes = _joined([s.columns.row_hash for s in sources])  # per-row arrays: a million rows are ~8 MiB each
     origin, pool = [], []
     for i, s in enumerate(sources):  # each source shuffled and capped on its own
-        chosen = rng.permutation(s.good)[: s.cfg.max_rows]
-        chosen += offsets[i]
+        chosen = rng.permutation(s.good)[: s.cfg.max_rows].astype(index_type, copy=False)
+        chosen += int(offsets[i])
         pool.append(chosen)
         origin.append(np.full(len(chosen), i, dtype=np.int16))
     pool, origin = _joined(pool), _joined(origin)
 
-    _, first = np.unique(hashes[pool], return_index=True)
-    duplicates = len(pool) - len(first)
+    duplicates = _duplicates(hashes[pool])
     if cfg.dedupe and duplicates:
-        keep = np.sort(first)
+        keep = np.sort(np.unique(hashes[pool], return_index=True)[1])
         pool, origin = pool[keep], origin[keep]
 
     order = rng.permutation(len(pool))[: cfg.max_rows]
     pool, origin = pool[order], origin[order]
+    del order
     if cfg.eval_rows >= len(pool):
         raise DataError(f"data.eval_rows={cfg.eval_rows} leaves no training rows out of {len(pool)}")
     train, train_origin, held_out = pool[: -cfg.eval_rows], origin[: -cfg.eval_rows], pool[-cfg.eval_rows:]
@@ -189,7 +190,7 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
             new_fingerprint=fingerprint, desc=f"preparing {src.name}",
         )
     columns = _scan(processed)
-    bad, good = np.flatnonzero(columns.bad), np.flatnonzero(np.logical_not(columns.bad))
+    bad, good = np.flatnonzero(columns.bad), _as_index(np.flatnonzero(np.logical_not(columns.bad)))
     listed = []
     if len(bad):
         sample = processed.select(bad[:MAX_REPORTED])
@@ -283,6 +284,17 @@ def _detect(rows, src: SourceConfig, kind: RowKind) -> str:
                         f"{sorted(first) if isinstance(first, dict) else []}; set format ({', '.join(kind.formats)}) "
                         "and map columns with columns")
     return fmt
+
+
+def _as_index(positions: np.ndarray) -> np.ndarray:
+    """One source's row positions as int32 below 2**31 rows: half the memory of numpy's int64."""
+    return positions.astype(np.int32) if len(positions) and positions.max() < 2**31 else positions
+
+
+def _duplicates(row_hashes: np.ndarray) -> int:
+    """Rows whose hash an earlier row has (the array is sorted in place: pass a copy)."""
+    row_hashes.sort()
+    return int(np.count_nonzero(row_hashes[1:] == row_hashes[:-1]))
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
@@ -386,12 +398,12 @@ def _split_dataset(dataset, indices: np.ndarray, unused: set[str]):
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    indices = np.ascontiguousarray(indices, dtype=np.int64)
+    indices = np.asarray(indices).astype(np.uint64)  # the mapping's type, one copy
     fingerprint = _digest(dataset._fingerprint, hashlib.sha256(indices.data).hexdigest())
     if dataset._indices is not None:  # never after our map: the general path, slow but right
         selected = dataset.select(indices, new_fingerprint=fingerprint)
     else:
-        mapping = InMemoryTable(pa.table({"indices": pa.array(indices.astype(np.uint64))}))
+        mapping = InMemoryTable(pa.table({"indices": pa.array(indices)}))
         selected = Dataset(dataset.data, info=dataset.info.copy(), split=dataset.split, indices_table=mapping,
                            fingerprint=fingerprint)
     return selected.remove_columns(INTERNAL_COLUMNS + sorted(unused))
