@@ -303,3 +303,16 @@ def test_token_length_statistics_describe_the_training_rows():
     assert (stats["train_tokens_min"], stats["train_tokens_max"]) == (lengths[0], lengths[-1])
     assert stats["train_tokens_total"] == sum(lengths)
     assert 0 < stats["train_trained_tokens"] < stats["train_tokens_total"]
+
+
+def test_lengths_from_the_arrow_offsets_follow_the_split_and_give_the_padding_share():
+    from llm_engineering.data.stats import list_lengths, padding_fraction
+
+    data = prepared(DataConfig(num_rows=40, eval_rows=5))
+    assert list_lengths(data.train).tolist() == [len(ids) for ids in data.train["input_ids"]]
+    assert list_lengths(data.train).tolist() == data.train_lengths.tolist()  # the split's order, not the file's
+    assert list_lengths(data.eval).tolist() == [len(ids) for ids in data.eval["input_ids"]]
+    # one batch of rows 2, 4, 4, 4 pads to 4 x 4 slots for 14 tokens, whatever the shuffle; batches of one never pad
+    assert padding_fraction([2, 4, 4, 4], batch_size=4) == 1 - 14 / 16
+    assert padding_fraction([2, 4, 4, 4], batch_size=1) == 0.0
+    assert padding_fraction([], batch_size=4) == 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Sequence
 
@@ -48,8 +47,20 @@ def histogram(lengths: Sequence[int], max_length: int, path: Path) -> Path:
 
 def padding_fraction(lengths: Sequence[int], batch_size: int, seed: int = 0) -> float:
     """Share of token slots that are padding when shuffled rows are batched and padded to the batch's longest row."""
-    order = list(lengths)
-    random.Random(seed).shuffle(order)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    slots = sum(max(batch) * len(batch) for batch in batches)
-    return 1 - sum(order) / slots if slots else 0.0
+    order = np.random.default_rng(seed).permutation(np.asarray(lengths, dtype=np.int64))
+    if not len(order) or not order.sum():
+        return 0.0
+    starts = np.arange(0, len(order), batch_size)
+    slots = (np.maximum.reduceat(order, starts) * np.diff(np.append(starts, len(order)))).sum()
+    return float(1 - order.sum() / slots)
+
+
+def list_lengths(dataset, column: str = "input_ids") -> np.ndarray:
+    """Each row's number of items in a list column, read from the Arrow offsets alone: iterating the column reads every
+    token (at 1M rows of ~277 tokens: 41 s and 1.1 GiB of mapped pages, for 4 MiB of lengths)."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.data.column(column)).to_numpy()
+    if dataset._indices is not None:  # a split's rows are an indices mapping over the step's table
+        lengths = lengths[dataset._indices.column(0).to_numpy()]
+    return lengths

@@ -22,7 +22,7 @@ import torch
 
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
 from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
-from llm_engineering.data.stats import padding_fraction
+from llm_engineering.data.stats import list_lengths, padding_fraction
 from llm_engineering.model.precision import fast_bf16
 from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
@@ -312,8 +312,7 @@ def train_adapter(
         model_tflops=model_tflops(tokens_per_second, parameter_count(trainer.model.get_base_model().config)),
         matmul_peak_gflops=matmul_peak_gflops(compute_dtype, sizes=(8192,) if torch.cuda.is_available() else (2048,)),
         peak_memory_bytes=peak_memory_bytes(),
-        padding_fraction=padding_fraction([len(ids) for ids in trainer.train_dataset["input_ids"]],
-                                          cfg.per_device_batch_size, cfg.seed),
+        padding_fraction=padding_fraction(list_lengths(trainer.train_dataset), cfg.per_device_batch_size, cfg.seed),
         resumed_from_step=checkpoint_step(resume) if resume else 0,
         world_size=trainer.args.world_size,
         log_history=history,
