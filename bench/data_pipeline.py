@@ -8,7 +8,8 @@ words, seeded) per size, then runs `prepare` (read, normalise, validate, templat
 each in its own process, with a fresh datasets cache, so sizes do not share memory or cached work. Each process
 reports its wall time, its peak RSS above its own start (after imports and the tokenizer, whose load peak is reset
 first; this counts the pages of memory-mapped Arrow files it touched), its own peak anonymous memory (sampled every
-0.1 s), the peak anonymous memory of it and its map workers together (the memory the step really needs), the largest worker's peak RSS, and the size of the Arrow cache written.
+0.1 s), the peak anonymous memory of it and its map workers together (the memory the step really needs), the
+largest worker's peak RSS, and the size of the Arrow cache written.
 At 100k it also runs num_proc 1 for the speed-up, and first `--synthetic` rows of the built-in task.
 `--baseline-ref` runs the same sizes (up to 100k) with the dataset code of an earlier commit (a git worktree) for
 comparison. Run it alone on the machine: two processes on two cores slow each other about tenfold.
@@ -191,7 +192,8 @@ def main() -> None:
             print(f"{r['variant']:<34} failed: {r['error'][-200:]}")
             continue
         print(f"{r['variant']:<34}{r['rows']:>9}{r['seconds']:>9}{r['rows_per_s']:>8}{r['peak_rss_above_start_gib']:>9}"
-              f"{r.get('peak_anon_main_above_start_gib', '-'):>10}{r['peak_anon_all_processes_above_start_gib']:>9}{r['largest_worker_peak_rss_gib']:>11}"
+              f"{r.get('peak_anon_main_above_start_gib', '-'):>10}{r['peak_anon_all_processes_above_start_gib']:>9}"
+              f"{r['largest_worker_peak_rss_gib']:>11}"
               f"{r['arrow_cache_gib']:>10}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),

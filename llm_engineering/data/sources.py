@@ -47,10 +47,11 @@ class RawRows:
 
 def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRows:
     """The source's rows as Arrow (`row`, `location`); DataError for a missing, empty or unreadable source."""
-    fingerprint = None
+    fingerprint, content = None, ""
     if src.source == "file":
         files = resolve_files(src.path)
-        kwargs = {"paths": [str(f) for f in files], "digest": files_digest(files)}
+        kwargs = {"paths": [str(f) for f in files]}
+        content = files_digest(files)  # an edited file is another cache entry, whatever its name
         generator = _file_rows
     elif src.source == "synthetic":
         kwargs = {"num_rows": src.num_rows, "seed": seed, "task": src.task}
@@ -62,8 +63,9 @@ def load_raw(src: SourceConfig, seed: int = 42, code_digest: str = "") -> RawRow
         generator = _hub_rows
         if src.hub_revision is None:  # the stream's head moves: read it again rather than reuse an old copy
             fingerprint = uuid.uuid4().hex
-    kwargs["code"] = code_digest  # a changed reader is a different dataset
-    key = fingerprint or hashlib.sha256(json.dumps([generator.__name__, kwargs], sort_keys=True).encode()).hexdigest()
+    # a changed reader (code_digest) is a different dataset
+    key = fingerprint or hashlib.sha256(json.dumps([generator.__name__, kwargs, content, code_digest],
+                                                   sort_keys=True).encode()).hexdigest()
     try:
         dataset = _raw_arrow(generator(**kwargs), key)
     except DataError:
@@ -83,7 +85,7 @@ def peek_rows(src: SourceConfig, n: int = 100) -> list:
     except DataError:
         return []
     rows = []
-    for raw in itertools.islice(_file_rows([str(files[0])], "", ""), n):
+    for raw in itertools.islice(_file_rows([str(files[0])]), n):
         try:
             rows.append(json.loads(raw["row"]))
         except json.JSONDecodeError:
@@ -212,7 +214,7 @@ def _open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(io.BufferedReader(raw) if compression == ".zst" else raw, encoding="utf-8", newline="")
 
 
-def _file_rows(paths: list[str], digest: str, code: str) -> Iterator[dict]:
+def _file_rows(paths: list[str]) -> Iterator[dict]:
     for name in paths:
         path = Path(name)
         kind, _ = file_type(path)
@@ -286,7 +288,7 @@ def _parquet_rows(path: Path) -> Iterator[dict]:
         raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
 
 
-def _synthetic_rows(num_rows: int, seed: int, code: str, task: str = "booking") -> Iterator[dict]:
+def _synthetic_rows(num_rows: int, seed: int, task: str = "booking") -> Iterator[dict]:
     from llm_engineering.data.synthetic import booking_preference_rows, booking_rows
 
     rows = booking_preference_rows(num_rows, seed) if task == "booking_preference" else booking_rows(num_rows, seed)
@@ -327,7 +329,7 @@ def _hub_dataset(src: SourceConfig, code: str):
     )
 
 
-def _hub_rows(hub: dict, code: str) -> Iterator[dict]:
+def _hub_rows(hub: dict) -> Iterator[dict]:
     src = SourceConfig(**hub)
     stream = _load_hub(src).take(src.max_rows)  # only these rows are downloaded
     for i, row in enumerate(stream):
