@@ -1,4 +1,9 @@
-"""Shared fixtures: offline mode, and a tiny random-init Llama with the real SmolLM2 tokenizer (seconds to train)."""
+"""Shared fixtures: offline mode, a tiny random-init Llama with the real SmolLM2 tokenizer (seconds to train), and the
+session's one ZenML repository + MLflow store that the pipeline tests share.
+
+Every test that runs a pipeline or starts a server asks for a repository fixture (`shared_repo`, `fresh_repo`, or one
+built on them): those are marked `pipeline` here, in one place, and `make test-fast` leaves them out.
+"""
 
 import atexit
 import os
@@ -86,3 +91,72 @@ def prepared(data_cfg: DataConfig, max_length: int = 256, kind=None):
     from llm_engineering.model.loading import load_tokenizer
 
     return prepare(data_cfg, load_tokenizer(ModelConfig()), max_length, kind)
+
+
+# A test that asks for one of these runs a pipeline or starts a server (directly or through a fixture built on them).
+PIPELINE_FIXTURES = {"shared_repo", "fresh_repo", "default_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.pipeline)
+
+
+@pytest.fixture(scope="session")
+def shared_repo(tmp_path_factory) -> "SharedRepo":
+    """One ZenML repository and MLflow store for the session, set up once by the README's set-up command, with the
+    project's data/ beside it as in a clone (configs name their files from the root). Tests that share it read their
+    own runs by name, never "the only run"."""
+    from tests.pipeline_helpers import PROJECT, setup_repo
+
+    root = tmp_path_factory.mktemp("shared-repo")
+    shutil.copytree(PROJECT / "data", root / "data")
+    return SharedRepo(root, setup_repo(root))
+
+
+class SharedRepo:
+    def __init__(self, root: Path, uri: str):
+        self.root, self.uri = root, uri
+
+    def __iter__(self):  # root, uri = shared_repo
+        return iter((self.root, self.uri))
+
+    def activate(self) -> None:
+        """Point this process's ZenML client, and the stack's MLflow tracker, at this repository again: a module with a
+        repository of its own in the session's store (the S3 one) re-points the tracker when it sets up."""
+        from llm_engineering.orchestration.stack import ensure_local_stack
+
+        ensure_local_stack(self.root)
+
+
+@pytest.fixture
+def fresh_repo(tmp_path) -> tuple[Path, str, dict]:
+    """A repository with a ZenML store of its own (ZENML_CONFIG_PATH in the returned env, for the CLI calls), for a
+    test whose stack or store nobody else may see: (root, MLflow URI, env)."""
+    from tests.pipeline_helpers import setup_repo
+
+    env = {"ZENML_CONFIG_PATH": str(tmp_path / "zenml-config")}
+    root = tmp_path / "repo"
+    return root, setup_repo(root, env), env
+
+
+@pytest.fixture(scope="session")
+def default_run(shared_repo) -> dict:
+    """The real default run, once per session, through `zenml pipeline run` as a user starts it (`make run`):
+    configs/default.yaml as shipped, on the embedded SmolLM2-135M (QLoRA NF4 on this CPU), in the shared repository.
+    Every assertion that can read it reads it (tests/test_default_pipeline.py); configs/dpo.yaml starts from its
+    champion. Returns what the user saw and where the run is."""
+    from zenml.client import Client
+
+    from tests.pipeline_helpers import PROJECT, run_pipeline
+
+    shared_repo.activate()
+    checkpoints = Path(Client().active_stack.artifact_store.path) / "sft-checkpoints"
+    before = set(checkpoints.iterdir()) if checkpoints.is_dir() else set()
+    done = run_pipeline(shared_repo.root, PROJECT / "configs" / "default.yaml", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    run = Client().get_pipeline("finetune").last_run
+    assert run.config.parameters["config"]["export"]["registered_model_name"] == "smollm2-booking"
+    return {"root": shared_repo.root, "uri": shared_repo.uri, "console": done.stdout + done.stderr,
+            "run_id": run.id, "checkpoints": checkpoints, "checkpoints_before": before}

@@ -5,7 +5,7 @@ import json
 import sys
 import zipfile
 
-from tests.pipeline_helpers import run, run_pipeline, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import run, run_pipeline, tiny_parameters, write_config
 
 
 def archive_messages(archive) -> list[dict]:
@@ -14,9 +14,8 @@ def archive_messages(archive) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def test_the_pipeline_tracked_by_comet_offline_writes_archives_with_its_metrics(tmp_path, tiny_model_dir):
-    own_store = {"ZENML_CONFIG_PATH": str(tmp_path / "zenml-config")}  # the Comet stack stays out of other tests' store
-    setup_repo(tmp_path, own_store)
+def test_the_pipeline_tracked_by_comet_offline_writes_archives_with_its_metrics(fresh_repo, tiny_model_dir):
+    tmp_path, _, own_store = fresh_repo  # the Comet stack stays out of other tests' store
     offline = tmp_path / "comet-archives"
     done = run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--comet-offline", str(offline)],
                tmp_path, 300, own_store)

@@ -2,7 +2,6 @@
 Each rank trains on its own shard, only rank 0 writes the adapter, and the result equals the single-process one."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -74,25 +73,26 @@ def test_a_failing_rank_is_reported_by_name(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(tmp_path, tiny_model_dir, monkeypatch):
+def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(shared_repo, tiny_model_dir, monkeypatch):
     """`train.num_processes: 2` in the run config: the SFT step launches two gloo ranks that share the training rows,
     rank 0 streams the loss into the run's MLflow run, and the pipeline goes on to merge and export as usual."""
     import mlflow
     from zenml.client import Client
     from zenml.enums import ExecutionStatus
 
-    from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
+    from tests.pipeline_helpers import run_pipeline, tiny_parameters, write_config
 
-    uri = setup_repo(tmp_path)
+    root, uri = shared_repo
+    shared_repo.activate()
     parameters = tiny_parameters(tiny_model_dir)
     parameters["data"] = {"num_rows": 20, "eval_rows": 4}
     # one epoch over the training rows, 2 rows per rank per step
     parameters["train"].update(num_processes=2, per_device_batch_size=2, max_steps=None, num_epochs=1.0)
-    config = write_config(tmp_path / "ddp.yaml", parameters, enable_cache=False)
-    done = run_pipeline(tmp_path, config, env={"OMP_NUM_THREADS": "1"})
+    parameters["export"]["output_dir"] = "outputs/tiny-ddp"
+    config = write_config(root / "ddp.yaml", parameters, enable_cache=False)
+    done = run_pipeline(root, config, env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
-    monkeypatch.chdir(tmp_path)
     run = Client().get_pipeline("finetune").last_run
     assert run.status == ExecutionStatus.COMPLETED
     sft = run.steps["train_sft"].run_metadata
@@ -103,11 +103,12 @@ def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(tmp_path, tiny_
     assert sft["train_tokens"] == sum(len(ids) for ids in train_rows["input_ids"])
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
+                                      f'tags.mlflow.runName = "{run.name}"')
     losses = client.get_metric_history(mlflow_run.info.run_id, "train_loss")
     assert sorted(m.step for m in losses) == list(range(1, sft["train_steps"] + 1))  # from rank 0, once per step
     assert mlflow_run.data.metrics["train_world_size"] == 2
-    assert (tmp_path / "outputs" / "tiny" / "model.safetensors").is_file()
+    assert (root / "outputs" / "tiny-ddp" / "model.safetensors").is_file()
 
 
 def test_more_processes_than_visible_gpus_is_refused_before_anything_loads(monkeypatch):

@@ -5,20 +5,17 @@ tests/test_shipped_configs.py."""
 import json
 
 import pytest
-from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
 from llm_engineering.data.synthetic import booking_rows
-from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import run_in_process, tiny_parameters, write_config
 
 ZENML_MODEL = {"name": "tiny-data", "license": "apache-2.0"}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data-repo")
-    setup_repo(root)
-    return root
+@pytest.fixture
+def repo(shared_repo):
+    return shared_repo
 
 
 def parameters(tiny_model_dir, data: dict) -> dict:
@@ -29,11 +26,6 @@ def parameters(tiny_model_dir, data: dict) -> dict:
     return params
 
 
-def last_steps(root, monkeypatch):
-    monkeypatch.chdir(root)
-    return Client().get_pipeline("finetune").last_run.steps
-
-
 def trained_answers(steps) -> set[str]:
     rows = steps["load_dataset"].outputs["train_dataset"][0].load()
     return {r["messages"][-1]["content"] for r in rows}
@@ -41,28 +33,22 @@ def trained_answers(steps) -> set[str]:
 
 def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_cache(repo, tiny_model_dir,
                                                                                      monkeypatch):
-    data = repo / "my-data.jsonl"
+    data = repo.root / "my-data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in booking_rows(24, seed=1)))
-    config = write_config(repo / "file.yaml", parameters(tiny_model_dir, {"source": "file", "path": str(data),
+    config = write_config(repo.root / "file.yaml", parameters(tiny_model_dir, {"source": "file", "path": str(data),
                                                                           "eval_rows": 4}), model=ZENML_MODEL)
-    first = run_pipeline(repo, config)
-    assert first.returncode == 0, first.stderr[-5000:]
-    before = trained_answers(last_steps(repo, monkeypatch))
+    before = trained_answers(run_in_process(repo, config).steps)
 
     edited = booking_rows(24, seed=1)
     for row in edited:  # every answer changes, as a user fixing their labels would
         row["messages"][-1]["content"] = row["messages"][-1]["content"].replace('"name"', '"guest"')
     data.write_text("".join(json.dumps(r) + "\n" for r in edited))
-    second = run_pipeline(repo, config)
-    assert second.returncode == 0, second.stderr[-5000:]
-    steps = last_steps(repo, monkeypatch)
+    steps = run_in_process(repo, config).steps
     assert steps["load_dataset"].status == ExecutionStatus.COMPLETED
     assert steps["load_base_model"].status == ExecutionStatus.CACHED
     after = trained_answers(steps)
     assert after and not after & before and all('"guest"' in answer for answer in after)
 
-    third = run_pipeline(repo, config)
-    assert third.returncode == 0, third.stderr[-5000:]
-    steps = last_steps(repo, monkeypatch)
+    steps = run_in_process(repo, config).steps
     assert steps["load_dataset"].status == ExecutionStatus.CACHED
     assert trained_answers(steps) == after

@@ -1,41 +1,48 @@
-"""The real default run, end to end: `zenml pipeline run` with configs/default.yaml on the embedded SmolLM2-135M
-(QLoRA NF4 on this CPU), in an isolated repo; its champion served by `mlflow models serve`; then a fine-tune that breaks
-the model, which the gate refuses.
-Minutes, not seconds: marked slow."""
+"""The real default run, end to end, and everything a user checks on it: `zenml pipeline run` with configs/default.yaml
+on the embedded SmolLM2-135M (QLoRA NF4 on this CPU), run once per session (conftest's `default_run`, in the shared
+repository) and read by every test here: the console, the steps and their metadata, MLflow (params, metrics,
+artifacts, lineage, the registry), the MLflow UI and ZenML's dashboard in Chromium, the export, `mlflow models serve`;
+then a rerun with only `train.*` changed (a learning rate that breaks the model, GGUF files and the lm-eval harness
+asked for), which the cache and the gate must handle; then DPO (configs/dpo.yaml, 2 steps) from its champion.
+Minutes, not seconds."""
 
+import datetime
 import json
 import re
-import shutil
-
-import yaml
+from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from llm_engineering.evaluation import generate
 from llm_engineering.model.export import load_exported
-from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo, write_config
-from tests.ui_helpers import mlflow_model_server, post_json
+from llm_engineering.evaluation import generate
+from tests.pipeline_helpers import PROJECT, run_pipeline, write_config
+from tests.ui_helpers import chromium, mlflow_model_server, mlflow_server, post_json, zenml_dashboard
+
+STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
+         "evaluate_finetuned", "export_model"]
+NAME = "smollm2-booking"
+SHOTS = PROJECT / "outputs" / "ui-test"
 
 
-@pytest.mark.slow
-def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
-    uri = setup_repo(tmp_path)
-    shutil.copytree(PROJECT / "data", tmp_path / "data")  # the replay rows and the unseen eval file, as in a clone
-    done = run_pipeline(tmp_path, PROJECT / "configs" / "default.yaml", timeout=1200)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    # the console a user reads: nobody's deprecations, and the run ends on our summary (ZenML's "finished" after it)
-    console = done.stdout + done.stderr
-    assert not re.search(r"FutureWarning|DeprecationWarning", console), console[-5000:]
-    tail = console[console.rindex("Fine-tune finished: "):].split("=" * 78 + "\n", 1)
-    assert "registry   models:/smollm2-booking/1 (alias champion: make serve)" in tail[0], tail[0]
-    assert all(re.search(r"export_model\S* has finished|Pipeline run has finished", line)
-               for line in tail[1].splitlines() if line.strip()), tail[1]
+def zenml_run(default_run):
+    return Client().get_pipeline_run(default_run["run_id"])
 
+
+def mlflow_run_of(uri: str, zenml_run_name: str, experiment: str = "finetune"):
     client = mlflow.MlflowClient(tracking_uri=uri)
-    [run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                               f'tags.mlflow.runName = "{zenml_run_name}"')
+    return run
+
+
+def test_the_default_run_learns_the_task_keeps_the_probes_and_registers_the_champion(default_run):
+    uri = default_run["uri"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = mlflow_run_of(uri, zenml_run(default_run).name)
     metrics = run.data.metrics
     print({k: v for k, v in metrics.items() if k.startswith(("base_", "finetuned_", "merge_", "train_tok", "regr"))})
     # the task learned on sentence shapes, names and restaurants training never showed (0.80-0.875 measured, by CPU; the
@@ -45,14 +52,12 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     # ...without breaking the general questions the base model answers (the probes are its own right answers)
     assert metrics["base_regression_score"] >= 0.9 and metrics["regression_drop"] <= 0.10
     assert metrics["merge_max_abs_logit_diff"] <= 1e-3
-    [version] = client.search_model_versions("name='smollm2-booking'")
-    # a fresh store has no champion: the first version becomes it, and production in ZenML's Model Control Plane
-    assert client.get_model_version_by_alias("smollm2-booking", "champion").version == version.version
-    monkeypatch.chdir(tmp_path)  # ZenML's client finds the repository from the working directory
-    assert Client().get_model_version("smollm2-booking", "production").number == 1
+    [version] = client.search_model_versions(f"name='{NAME}'")
+    # a fresh registry has no champion: the first version becomes it, and production in ZenML's Model Control Plane
+    assert client.get_model_version_by_alias(NAME, "champion").version == version.version == "1"
+    assert Client().get_model_version(NAME, "production").number == 1
     # MLflow's system metrics were sampled while the steps ran
     assert any(name.startswith("system/cpu_utilization") for name in metrics)
-    assert "training/loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id, "training")]
     # the data a user can inspect in MLflow: counts, length statistics, the histogram and the dataset input
     assert (metrics["data_train_rows"], metrics["data_rows_invalid"]) == (480 + 46 - 20, 0)  # booking + replay - eval
     assert 0 < metrics["data_train_trained_tokens"] < metrics["data_train_tokens_total"]
@@ -60,17 +65,154 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "train" and len(dataset_input.dataset.digest) == 32
 
-    model, tokenizer = load_exported(tmp_path / "outputs" / "smollm2-booking")
+
+def test_every_step_ran_with_named_outputs_and_metadata(default_run):
+    run = zenml_run(default_run)
+    assert run.status == ExecutionStatus.COMPLETED
+    assert sorted(run.steps) == sorted(STEPS)
+    assert set(run.steps["load_dataset"].outputs) == {"train_dataset", "eval_dataset", "data_summary"}
+    assert set(run.steps["train_sft"].outputs) == {"trained_adapter", "training_metrics"}
+    dataset_meta = run.steps["load_dataset"].run_metadata
+    assert (dataset_meta["train_rows"], dataset_meta["eval_rows"]) == (506, 20)
+    assert len(dataset_meta["fingerprint"]) == 64
+    adapter_meta = run.steps["inject_adapter"].run_metadata
+    assert 0 < adapter_meta["trainable_parameters"] < adapter_meta["total_parameters"]
+    assert run.steps["load_base_model"].run_metadata["quantization"]["method"] == "4bit"
+    assert run.steps["merge_adapter"].run_metadata["merge_max_abs_logit_diff"] <= 1e-3
+    assert run.steps["export_model"].run_metadata["export_reload_max_abs_logit_diff"] == 0.0
+    # checkpoints went to the artifact store during training and were removed once the adapter was stored
+    assert run.steps["train_sft"].run_metadata["train_resumed_from_step"] == 0
+    store = default_run["checkpoints"]
+    assert store.is_dir() and set(store.iterdir()) <= default_run["checkpoints_before"]
+    # the dataset is an HF dataset in Arrow, not a pickle
+    assert run.steps["load_dataset"].outputs["train_dataset"][0].materializer.attribute == "DatasetMaterializer"
+
+
+def test_mlflow_has_the_params_metrics_artifacts_lineage_and_registered_model(default_run):
+    uri, run = default_run["uri"], zenml_run(default_run)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("finetune")
+    mlflow_run = mlflow_run_of(uri, run.name)
+    params, metrics = mlflow_run.data.params, mlflow_run.data.metrics
+    assert params["adapter.r"] == "16" and params["model.quantization.method"] == "4bit"
+    for name in ["train_loss", "train_learning_rate", "train_grad_norm", "eval_loss", "train_tokens_per_second",
+                 "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff",
+                 "base_perplexity", "finetuned_perplexity", "base_regression_score", "finetuned_regression_score",
+                 "regression_drop", "step_seconds_evaluate_base", "step_seconds_evaluate_finetuned"]:
+        assert name in metrics, name
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 25  # 50 steps, logged every 2
+    throughput = client.get_metric_history(mlflow_run.info.run_id, "train_step_tokens_per_second")
+    assert len(throughput) == 25 and all(point.value > 0 for point in throughput)
+    artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
+    assert {"model_card.md", "run_config.yaml", "eval_samples.json", "merge_fidelity.json",
+            "serving_sample.json"} <= artifacts
+    assert "training/loss_curve.png" in {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "training")}
+    assert metrics["step_seconds_train_sft"] > 0 and "step_seconds_load_dataset" in metrics
+    # the eval table pairs base and fine-tuned outputs, task rows and regression probes alike
+    table = mlflow.artifacts.load_dict(f"{mlflow_run.info.artifact_uri}/eval_samples.json")
+    rows = [dict(zip(table["columns"], values)) for values in table["data"]]
+    assert {row["set"] for row in rows} == {"task", "regression"}
+    assert all(isinstance(row["base_output"], str) and isinstance(row["finetuned_output"], str) for row in rows)
+    assert client.get_model_version(NAME, "1").tags["eval_fingerprint"]
+    # lineage: the adapter and the exported (merged) model are logged models of the run
+    logged = client.search_logged_models([experiment.experiment_id],
+                                         filter_string=f"source_run_id = '{mlflow_run.info.run_id}'")
+    by_name = {m.name: m for m in logged}
+    assert set(by_name) == {"lora_adapter", "model"}
+    adapter_files = {f.path for f in client.list_logged_model_artifacts(by_name["lora_adapter"].model_id)}
+    assert "adapter_model.safetensors" in adapter_files and by_name["lora_adapter"].params["adapter.r"] == "16"
+    assert mlflow_run.inputs.dataset_inputs[0].dataset.digest
+    # linked both ways: the MLflow run names its ZenML run, the ZenML step names its MLflow run
+    assert mlflow_run.data.tags["zenml.pipeline_run_id"] == str(run.id)
+    assert run.steps["export_model"].run_metadata["mlflow_run_id"] == mlflow_run.info.run_id
+    version = client.get_model_version(NAME, "1")
+    assert version.run_id == mlflow_run.info.run_id
+    # registered with MLflow's chat signature (test_the_champion_is_served_... asks `mlflow models serve` for it)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the global tracking URI
+    try:
+        assert mlflow.models.get_model_info(f"models:/{NAME}/1").metadata["task"] == "llm/v1/chat"
+    finally:
+        mlflow.set_tracking_uri(previous)
+    # the first version has nothing to beat: champion in MLflow, production in ZenML's Model Control Plane
+    assert metrics["promotion_promoted"] == 1.0
+    zenml_version = Client().get_model_version(NAME, "production")
+    assert zenml_version.run_metadata["finetuned_json_exact_match"] == metrics["finetuned_json_exact_match"]
+    assert zenml_version.get_artifact("trained_adapter") is not None  # the run's artifacts are linked to it
+    assert str(run.id) in {str(i) for i in zenml_version.pipeline_run_ids.values()}
+
+
+def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(default_run):
+    root, uri, console = default_run["root"], default_run["uri"], default_run["console"]
+    lines = console.splitlines()
+    # nobody else's deprecations, nags or per-step INFO chatter
+    assert not re.search(r"FutureWarning|DeprecationWarning", console), console[-5000:]
+    for noise in ("Comet API Key", "Failed to disable MLflow autologging", "system metrics", "Loading weights",
+                  "{'loss':", "Generating train split", "Saving the dataset"):
+        assert noise not in console, noise
+    ended = [line for line in lines if re.match(r"\[\d/8\] .* done in [\d.ms]+", line)]
+    cached = [line for line in lines if re.match(r"\[\d/8\] .* cached \(", line)]  # other runs share the store
+    # every stage says how it ended, once: with its wall time, or that it came from the cache
+    assert sorted(int(line[1]) for line in ended + cached) == list(range(1, 9)), console[-4000:]
+    assert any(re.match(r"\[\d/8\] dataset done in .* 506 train \+ 20 eval rows of 526 read, 0 invalid", l)
+               for l in ended)
+    assert any(re.search(r"SFT training done in .* 50 steps, loss [\d.]+ -> [\d.]+, \d+ tokens/s", l) for l in ended)
+    assert any(re.search(r"merge done in .* max \|Δlogit\| ", l) for l in ended)
+    assert [line for line in lines if re.match(r"    training: +\d+% \(\d+/50 step", line)]  # progress, as lines
+    # the closing summary: headline, export, registry, where to look; ZenML's "finished" lines only after it
+    summary, after = console[console.rindex("Fine-tune finished: "):].split("=" * 78 + "\n", 1)
+    assert re.search(rf"result +json_exact_match [\d.]+ -> [\d.]+, regression_drop -?[\d.]+, {NAME} v1 "
+                     r"@champion", summary), summary
+    assert f"export     {(root / 'outputs' / NAME).resolve()}" in summary
+    assert f"registry   models:/{NAME}/1 (alias champion: make serve)" in summary
+    assert all(re.search(r"export_model\S* has finished|Pipeline run has finished", line)
+               for line in after.splitlines() if line.strip()), after
+    mlflow_run_id = re.search(r"MLflow +http://127\.0\.0\.1:5000/#/experiments/\d+/runs/([0-9a-f]{32})", summary)[1]
+
+    # the MLflow run spans the pipeline run (its Duration is the pipeline's wall time, not one step's) and its
+    # Description says what was fine-tuned and how it came out
+    run = Client().get_pipeline_run(re.search(r"Fine-tune finished: (\S+)", summary)[1])
+    assert run.id == default_run["run_id"]
+    mlflow_run = mlflow.MlflowClient(tracking_uri=uri).get_run(mlflow_run_id)
+    mlflow_start, mlflow_end = mlflow_run.info.start_time / 1000, mlflow_run.info.end_time / 1000
+    # it opens during the first step that ran and closes no earlier than the last one starts (before every step was
+    # tracked it began with the first tracked step); cached steps do not run
+    ran = sorted((s for s in run.steps.values() if s.status != ExecutionStatus.CACHED), key=lambda s: s.start_time)
+    assert mlflow_start <= _epoch(ran[0].end_time), (ran[0].name, mlflow_start - _epoch(ran[0].end_time))
+    assert mlflow_end >= _epoch(ran[-1].start_time), (ran[-1].name, _epoch(ran[-1].start_time) - mlflow_end)
+    assert mlflow_end - mlflow_start <= (run.end_time - run.start_time).total_seconds() + 1
+    description = mlflow_run.data.tags["mlflow.note.content"]
+    assert "fine-tuned on" in description and "506 train / 20 eval rows) with QLoRA r=16" in description
+    assert "Result: json_exact_match" in description and "Gate: no champion yet" in description
+
+
+def _epoch(moment: datetime.datetime) -> float:  # ZenML keeps UTC times without a zone
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
+
+
+def test_the_export_loads_with_plain_transformers_and_answers_the_task(default_run):
+    from llm_engineering.model.export import verify_manifest
+
+    export_dir = default_run["root"] / "outputs" / NAME
+    assert (export_dir / "README.md").read_text().startswith("---\nbase_model:")
+    assert (export_dir / "adapter" / "adapter_model.safetensors").is_file() and verify_manifest(export_dir) == []
+    model, tokenizer = load_exported(export_dir)
     request = "Book a table for two at Casa Verde on Friday at 19:30 under the name Lee."
     [(answer, stopped)] = generate(model, tokenizer, [[
         {"role": "system", "content": "Extract the booking as JSON with keys name, party_size, restaurant, day, time."},
         {"role": "user", "content": request}]], max_new_tokens=64, batch_size=1)
     assert stopped and json.loads(answer)["restaurant"] == "Casa Verde"
+    # the saved tokenizer pads only when asked (transformers 5 would keep the merge step's padding=True in it)
+    assert [len(ids) for ids in tokenizer(["hi", "a much longer sentence than that"])["input_ids"]] == [1, 6]
 
-    # The champion served from the registry with MLflow's own server answers an OpenAI-style chat request exactly as
-    # the export step's own greedy generation did (logged as serving_sample.json), through the chat template.
+
+def test_the_champion_is_served_by_mlflow_as_the_export_step_answered(default_run, tmp_path):
+    """The champion served from the registry with MLflow's own server answers an OpenAI-style chat request exactly as
+    the export step's own greedy generation did (logged as serving_sample.json), through the chat template."""
+    uri = default_run["uri"]
+    run = mlflow_run_of(uri, zenml_run(default_run).name)
     sample = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/serving_sample.json")
-    with mlflow_model_server("models:/smollm2-booking@champion", uri, tmp_path / "serve.log") as base:
+    with mlflow_model_server(f"models:/{NAME}@champion", uri, tmp_path / "serve.log") as base:
         [completion] = post_json(f"{base}/invocations", {"messages": sample["messages"], "temperature": 0,
                                                          "max_tokens": sample["max_tokens"]})
     assert completion["object"] == "chat.completion" and completion["choices"][0]["finish_reason"] == "stop"
@@ -78,33 +220,197 @@ def test_default_pipeline_fine_tunes_the_embedded_model(tmp_path, monkeypatch):
     assert sample["stopped"] and json.loads(sample["content"])  # a booking, as JSON, ended by <|im_end|>
     assert 0 < completion["usage"]["completion_tokens"] < sample["max_tokens"]
 
-    # A fine-tune that breaks the model (train.* changed: a learning rate fifty times too high; and GGUF files asked
-    # for). The base model's evaluation comes from the cache; the broken version is registered as challenger, with the
-    # regression as reason; its GGUF files reproduce it (f16: top-1 1.0; q8_0: top-1 >= 0.95).
+
+def test_the_mlflow_ui_shows_the_params_the_loss_chart_and_the_champion(default_run, tmp_path):
+    """A user's view: `mlflow server` on loopback, the champion's run page in headless Chromium."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    client = mlflow.MlflowClient(tracking_uri=default_run["uri"])
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    run = client.get_run(champion.run_id)
+    run_page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with mlflow_server(default_run["uri"], tmp_path / "mlflow-server.log") as base, chromium() as browser:
+        wait = WebDriverWait(browser, 90)
+        text = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+
+        browser.get(f"{base}/{run_page}")
+        wait.until(lambda _: "adapter.r" in text())
+        assert run.info.run_name in text() and "model.quantization.method" in text()
+        browser.save_screenshot(str(SHOTS / "run_overview.png"))
+
+        browser.get(f"{base}/{run_page}/model-metrics")
+        search = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"))
+        search.send_keys("train_loss")
+
+        def loss_line(driver):  # the train_loss chart drawn as a line through the logged points
+            for line in driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer path.js-line"):
+                if (line.get_attribute("d") or "").count("L") >= 3:
+                    return line
+            return None
+
+        assert wait.until(loss_line)
+        assert "train_loss" in text()
+        browser.save_screenshot(str(SHOTS / "run_loss_chart.png"))
+
+        browser.get(f"{base}/#/models/{NAME}")
+        wait.until(lambda _: "@ champion" in text())
+        assert f"Version {champion.version}" in text()
+        browser.save_screenshot(str(SHOTS / "registered_model.png"))
+
+
+def test_the_zenml_dashboard_draws_the_run_and_the_loss_curve(default_run, tmp_path):
+    """`make dashboard` over the run's store: the run's DAG with every step, and the training step's loss curve
+    drawn from the training_metrics artifact's visualization, in headless Chromium. The dashboard prints the
+    latest finetune run: the default run, since the dashboard test runs before the rerun below."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run = zenml_run(default_run)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with zenml_dashboard(default_run["root"], tmp_path / "dashboard.log") as (base, printed), chromium() as browser:
+        assert f"ZenML dashboard: {base}" in printed
+        latest = Client().get_pipeline("finetune").last_run
+        assert f"latest finetune run: {base}/projects/default/runs/{latest.id}" in printed
+        # the page re-renders as its queries come back: an element found a moment ago may be gone, so look again
+        wait = WebDriverWait(browser, 120, ignored_exceptions=(StaleElementReferenceException,))
+
+        def click(find):  # click what `find` returns, found afresh until the click lands
+            wait.until(lambda d: find(d) and (find(d)[0].click() or True))
+
+        browser.get(f"{base}/projects/default/runs/{run.id}")
+
+        def nodes(driver):  # each step and artifact of the DAG is a node: its name, then its type
+            return {n.text.split("\n")[0]: n for n in driver.find_elements(By.CSS_SELECTOR, ".react-flow__node")}
+
+        wait.until(lambda d: set(STEPS) <= set(nodes(d)))
+        browser.save_screenshot(str(SHOTS / "zenml_run_dag.png"))
+
+        click(lambda d: [node for name, node in nodes(d).items() if name == "training_metrics"])
+        click(lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "[role=tab]") if t.text.strip() == "Visualization"][-1:])
+        click(lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Load Preview"])
+
+        def loss_curve(driver):  # the PNG the training step stored, decoded by the browser
+            for image in driver.find_elements(By.TAG_NAME, "img"):
+                if (image.get_attribute("src") or "").startswith("data:image/png;base64,") and \
+                        driver.execute_script("return arguments[0].naturalWidth", image) > 0:
+                    return image
+            return None
+
+        assert wait.until(loss_curve)
+        browser.save_screenshot(str(SHOTS / "zenml_loss_curve.png"))
+    server_log = tmp_path / "dashboard.log"
+    assert "Traceback" not in server_log.read_text(), server_log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def broken_rerun(default_run):
+    """A fine-tune that breaks the model: only train.* changed (a learning rate fifty times too high, 4 steps), plus
+    GGUF files and the lm-evaluation-harness task asked for (export.* and eval.harness, which the base model's
+    evaluation leaves out of its cache key)."""
+    root = default_run["root"]
     config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
-    config["parameters"]["config"]["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None,
-                                                   eval_steps=4)
-    config["parameters"]["config"]["export"]["gguf"] = ["f16", "q8_0"]
-    broken = run_pipeline(tmp_path, write_config(tmp_path / "broken.yaml", config["parameters"]["config"],
-                                                 model=config["model"]), timeout=1200)
-    assert broken.returncode == 0, broken.stdout[-3000:] + broken.stderr[-5000:]
-    steps = Client().get_pipeline("finetune").last_run.steps
-    assert steps["evaluate_base"].status == ExecutionStatus.CACHED
-    assert steps["evaluate_finetuned"].status == ExecutionStatus.COMPLETED
+    parameters = config["parameters"]["config"]
+    parameters["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None, eval_steps=4)
+    parameters["export"]["gguf"] = ["f16", "q8_0"]
+    parameters["eval"]["harness"] = {"tasks": ["general_mc"], "include_path": "data/harness", "limit": 8}
+    done = run_pipeline(root, write_config(root / "broken.yaml", parameters, model=config["model"]), timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done.stdout + done.stderr, Client().get_pipeline("finetune").last_run
+
+
+def test_changing_only_training_hyperparameters_reuses_the_cached_steps_and_the_gate_refuses_a_broken_model(
+        default_run, broken_rerun):
+    console, run = broken_rerun
+    steps = run.steps
+    for cached in ("dataset", "base model", "LoRA adapter", "evaluate base"):  # said so, one line each
+        assert len(re.findall(rf"^\[\d/8\] {cached} cached", console, re.M)) == 1, console[-3000:]
+    assert {name: steps[name].status for name in STEPS[:3]} == {name: ExecutionStatus.CACHED for name in STEPS[:3]}
+    assert steps["train_sft"].status == ExecutionStatus.COMPLETED
+    # the base model is scored once: same base, same eval rows, same settings; the new fine-tune is scored again
+    assert (steps["evaluate_base"].status, steps["evaluate_finetuned"].status) == (ExecutionStatus.CACHED,
+                                                                                  ExecutionStatus.COMPLETED)
+    # registered as challenger, with the regression as reason; aliases and stages follow the gate's decision
     decision = steps["export_model"].run_metadata
     print({k: v for k, v in decision.items() if k.startswith(("finetuned_", "regression", "promotion", "gguf_"))})
     assert decision["regression_drop"] > 0.10 and decision["promotion"] == "challenger"
-    assert decision["gguf_f16_top1_agreement"] == 1.0 and decision["gguf_q8_0_top1_agreement"] >= 0.95
-    export_dir = tmp_path / "outputs" / "smollm2-booking"
-    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
-    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {
-        a.path.split("/")[-1] for a in client.list_artifacts(broken_run_id(client), "gguf")}
     assert decision["promotion_reason"].startswith("regression_drop") and "max_regression 0.1" in \
         decision["promotion_reason"]
-    assert client.get_model_version_by_alias("smollm2-booking", "champion").version == version.version
-    assert Client().get_model_version("smollm2-booking", "production").number == 1
+    client = mlflow.MlflowClient(tracking_uri=default_run["uri"])
+    second = client.get_model_version(NAME, "2")
+    assert second.tags["promotion"] == "challenger"
+    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
+    zenml_versions = {int(v.number): v.stage for v in Client().list_model_versions(model=NAME, size=10)}
+    assert zenml_versions[1] == "production" and zenml_versions[2] == "staging"
 
 
-def broken_run_id(client) -> str:
-    experiment = client.get_experiment_by_name("finetune").experiment_id
-    return client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id
+def test_the_broken_rerun_ships_gguf_files_that_reproduce_it_and_the_harness_scores(default_run, broken_rerun):
+    _, run = broken_rerun
+    decision = run.steps["export_model"].run_metadata
+    assert decision["gguf_f16_top1_agreement"] == 1.0 and decision["gguf_q8_0_top1_agreement"] >= 0.95
+    export_dir = default_run["root"] / "outputs" / NAME
+    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
+    uri = default_run["uri"]
+    tracked = mlflow_run_of(uri, run.name)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {
+        a.path.split("/")[-1] for a in client.list_artifacts(tracked.info.run_id, "gguf")}
+    # lm-evaluation-harness on the merged model: the local task's accuracy over its 8 scored questions
+    accuracy = tracked.data.metrics["harness_general_mc_acc"]
+    assert 0 <= accuracy <= 1 and (accuracy * 8).is_integer()
+
+
+PREFERENCE_STEPS = {"load_dataset", "chosen_conversations", "load_base_model", "start_adapter", "train_preference",
+                    "merge_adapter", "merge_start", "evaluate_base", "evaluate_start", "evaluate_finetuned",
+                    "export_model"}
+
+
+def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, tmp_path):
+    """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows."""
+    root, uri = default_run["root"], default_run["uri"]
+    document = yaml.safe_load((PROJECT / "configs" / "dpo.yaml").read_text())
+    cfg = document["parameters"]["config"]
+    assert cfg["preference"]["start_adapter"] == f"models:/{NAME}@champion"
+    cfg["data"]["eval_rows"] = 4
+    cfg["train"].update(max_steps=2, eval_steps=2, logging_steps=1, checkpoint_steps=None)
+    cfg["eval"].update(max_rows=4)
+    config = root / "dpo-small.yaml"
+    config.write_text(yaml.safe_dump(document))
+    done = run_pipeline(root, config, pipeline="pipelines.preference.preference", timeout=1200)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-5000:]
+    assert re.search(r"preference training done in .* 2 steps, loss [\d.]+ -> [\d.]+, held-out reward accuracy "
+                     r"[\d.]+", console), console[-3000:]
+    assert re.search(rf"json_exact_match [\d.]+ -> [\d.]+ -> [\d.]+, .*{NAME}-dpo v1 @champion", console)
+
+    run = Client().get_pipeline("preference").last_run
+    assert set(run.steps) == PREFERENCE_STEPS  # no fresh adapter: it starts from the champion's
+    # the start adapter is the SFT champion's trained adapter, byte for byte (found through ZenML, not the registry)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    sft_run = Client().get_pipeline_run(client.get_run(champion.run_id).data.tags["zenml.pipeline_run_id"])
+    assert sft_run.id == default_run["run_id"]
+    sft_adapter = sft_run.steps["train_sft"].outputs["trained_adapter"][0].load().path
+    start = run.steps["start_adapter"].outputs["initial_adapter"][0].load().path
+    assert (start / "adapter_model.safetensors").read_bytes() == (sft_adapter / "adapter_model.safetensors").read_bytes()
+
+    # MLflow: reward curves per logging step, the held-out reward accuracy, and base / start / tuned side by side
+    tracked = mlflow_run_of(uri, run.name, "preference")
+    for curve in ("train_rewards/accuracies", "train_rewards/margins", "train_rewards/chosen", "train_rewards/rejected"):
+        assert [m.step for m in client.get_metric_history(tracked.info.run_id, curve)] == [1, 2], curve
+    assert 0.0 <= tracked.data.metrics["pref_eval_reward_accuracies"] <= 1.0
+    assert tracked.info.artifact_uri.startswith((root / ".mlflow" / "artifacts").resolve().as_uri())  # not ./mlruns
+    assert not (root / "mlruns").exists()
+    for role in ("base", "start", "finetuned"):
+        assert f"{role}_json_exact_match" in tracked.data.metrics, role
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=tracked.info.run_id,
+                                                                artifact_path="eval_samples.json",
+                                                                tracking_uri=uri)).read_text())
+    assert {"base_output", "start_output", "finetuned_output"} <= set(table["columns"])
+    assert str(client.get_model_version_by_alias(f"{NAME}-dpo", "champion").version) == "1"
+    # the run used the file's own settings, not the schema's defaults
+    training = run.steps["train_preference"].config.parameters
+    assert training["preference"]["sft_loss_weight"] == cfg["preference"]["sft_loss_weight"]
+    assert training["train"]["learning_rate"] == cfg["train"]["learning_rate"]

@@ -27,7 +27,9 @@ STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merg
 
 
 @pytest.fixture(scope="module")
-def s3_repo(tmp_path_factory):
+def s3_repo(tmp_path_factory, shared_repo):
+    """A repository of its own in the session's store (its S3 stack is its own), whose set-up points the shared MLflow
+    tracker at its store: pointed back at the shared repository's when the module ends."""
     import boto3
 
     root = tmp_path_factory.mktemp("s3-repo")
@@ -44,6 +46,7 @@ def s3_repo(tmp_path_factory):
         assert stack.returncode == 0, stack.stderr[-3000:]
         assert "stack 'llm_engineering_s3' active; artifacts in s3://llm-artifacts/zenml" in stack.stdout
         yield root, s3
+    shared_repo.activate()
 
 
 def keys(s3, prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from llm_engineering.schedule import check_cron, load_schedule_file
-from tests.pipeline_helpers import PROJECT, run, setup_repo
+from tests.pipeline_helpers import PROJECT, run
 
 
 def test_the_shipped_schedule_file_is_valid():
@@ -53,8 +53,9 @@ def test_schedule_file_errors_name_the_file_and_field(tmp_path):
         load_schedule_file(path)
 
 
-def test_the_local_orchestrator_refuses_and_names_the_ones_with_schedules(tmp_path):
-    setup_repo(tmp_path)
+def test_the_local_orchestrator_refuses_and_names_the_ones_with_schedules(shared_repo):
+    shared_repo.activate()
+    tmp_path = shared_repo.root
     command = [sys.executable, "-m", "llm_engineering.orchestration.schedules"]
     done = run(command + ["create", str(PROJECT / "configs" / "schedule.yaml")], tmp_path, 300)
     assert done.returncode == 2

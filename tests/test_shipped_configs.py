@@ -1,14 +1,14 @@
-"""Every config in configs/ runs end to end through `zenml pipeline run`, as shipped except for its size: the model is
-the tiny Llama (same tokenizer), training takes 2 steps, at most 4 rows are held out and the evaluation scores 4
-rows. Everything else — data sources and formats, quantization, adapter shape and targets, scheduler,
-batch/accumulation, compile, packing, merge settings, gate, ZenML model, step settings — is the file's own, and the
-test checks the run used it. A config added to configs/ is picked up here without editing this file.
+"""Every config in configs/ is checked as shipped, and run end to end where its code path is not run elsewhere.
 
-Not run here, with where they are: the full-size default run (tests/test_default_pipeline.py runs configs/default.yaml
-on the real embedded model; here it runs small too, as the start adapter of configs/dpo.yaml), and the GPU step
-operator and flex attention of configs/gpu_hub_model.yaml (a CUDA machine; tests/test_step_operator.py checks its
-compiled snapshot), so that config's steps run on the orchestrator here, with sdpa. configs/schedule.yaml is not a run config but a schedule of
-configs/default.yaml: tests/test_schedules.py creates it through the CLI.
+For every run config, here: it compiles on the local stack (the pipeline's compile-time checks and a ZenML snapshot:
+a config that no longer fits the schema, the stack or its files is caught; no step runs), and its data section reads
+as shipped through the dataset stage (every row valid, the format and sources the file names). A config added to
+configs/ gets both without an edit here, and `COVERED_BY` must then say which run covers the rest of it.
+
+End to end (`END_TO_END`, in this process, in the session's repository) the configs whose code path no other run
+takes, as shipped except for their size: the model is the tiny Llama (same tokenizer), training takes 2 steps, at
+most 4 rows are held out and the evaluation scores 4 rows; the test checks the run used the file's own settings.
+configs/schedule.yaml is not a run config but a schedule of configs/default.yaml: tests/test_schedules.py creates it.
 """
 
 import json
@@ -16,13 +16,40 @@ from pathlib import Path
 
 import pytest
 import yaml
-from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from tests.pipeline_helpers import PROJECT, run_pipeline, setup_repo
+from tests.pipeline_helpers import PROJECT, run_in_process
 
 CONFIGS = sorted(p.stem for p in (PROJECT / "configs").glob("*.yaml"))
+RUN_CONFIGS = [c for c in CONFIGS if c != "schedule"]
 PIPELINES = {"finetune": "pipelines.finetune.finetune", "preference": "pipelines.preference.preference"}
+
+# Which run covers each config beyond compiling and reading its data here.
+COVERED_BY = {
+    "default": "test_default_pipeline.py: the real default run, as shipped, on the embedded model",
+    "dpo": "test_default_pipeline.py: DPO from the default run's registered champion, embedded model, 2 steps",
+    "gpu_hub_model": "test_step_operator.py: the compiled plan (GPU steps on the step operator, retries); no CUDA here",
+    "data_alpaca": "its data here; the rest is the default run's path (QLoRA all-linear, json_exact_match)",
+    "data_messages": "its data here; the rest is the default run's path",
+    "data_prompt_completion": "its data here; the rest is the default run's path",
+    "data_sharegpt": "its data here; the rest is the default run's path",
+    "data_mixture": "its data here (weights, dedupe, three sources); the rest is the default run's path",
+    "fastchat_lora": "the default run's data; q_proj/v_proj, dropout and bias: test_adapter_options.py",
+    "data_text": "end to end here: plain text, scored and gated by perplexity",
+    "data_tools": "end to end here: the chatml-tools template, tool rows, rouge_l",
+    "cpu_fastest": "end to end here: unquantized, regionally compiled layers",
+    "llm_engineers_handbook": "end to end here: unquantized, gradient accumulation, linear schedule, a module list",
+    "orpo": "end to end here: ORPO from a fresh adapter in the preference pipeline",
+}
+END_TO_END = ["data_text", "data_tools", "cpu_fastest", "llm_engineers_handbook", "orpo"]
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((PROJECT / "configs" / f"{name}.yaml").read_text())
+
+
+def pipeline_of(document: dict) -> str:
+    return "preference" if "preference" in document["parameters"]["config"] else "finetune"
 
 
 def shrink(document: dict, tiny_model_dir: Path) -> dict:
@@ -30,95 +57,95 @@ def shrink(document: dict, tiny_model_dir: Path) -> dict:
     cfg = document["parameters"]["config"]
     cfg["model"] = {**cfg.get("model", {}), "source": "local", "name_or_path": str(tiny_model_dir)}
     data = cfg.setdefault("data", {})
-    for source in data.get("sources", [data]):
-        if source.get("path"):  # the sample files, wherever the test repository is
-            source["path"] = str(PROJECT / source["path"])
     data["eval_rows"] = min(data.get("eval_rows", 4), 4)
     train = cfg.setdefault("train", {})
     train.update(max_steps=2, eval_steps=2, logging_steps=1)
     train["checkpoint_steps"] = None
-    evaluation = cfg.setdefault("eval", {})
-    evaluation.update(max_rows=4, max_new_tokens=8)
-    if evaluation.get("eval_file"):
-        evaluation["eval_file"] = str(PROJECT / evaluation["eval_file"])
-    if cfg["model"].get("attn_implementation") == "flex_attention":  # no CUDA here, and flex attention has no
-        cfg["model"]["attn_implementation"] = "sdpa"  # backward on CPU (the load step refuses it, naming sdpa)
-    for step in (document.get("steps") or {}).values():  # no CUDA here: the steps run on the orchestrator,
-        step.pop("step_operator", None)  # and a failure is not retried after a minute's wait
-        step.pop("retry", None)
+    cfg.setdefault("eval", {}).update(max_rows=4, max_new_tokens=8)
     return document
 
 
-def pipeline_of(document: dict) -> str:
-    return "preference" if "preference" in document["parameters"]["config"] else "finetune"
+def test_every_config_is_covered_by_a_run_the_table_names():
+    assert {"default", "dpo", "orpo", "data_text", "gpu_hub_model"} <= set(CONFIGS)  # the glob found the folder
+    assert set(COVERED_BY) == set(RUN_CONFIGS), "say in COVERED_BY which run covers a new or removed config"
+    assert set(END_TO_END) <= set(RUN_CONFIGS)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shipped-configs")
-    setup_repo(root)
-    return root
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_shipped_config_compiles_on_the_local_stack(name, shared_repo, request, monkeypatch):
+    from zenml.utils import source_utils
+
+    if name == "dpo":  # its start adapter (models:/smollm2-booking@champion) is checked when it compiles
+        request.getfixturevalue("default_run")
+    shared_repo.activate()
+    monkeypatch.chdir(shared_repo.root)  # the config names its files from the root, as in a clone
+    document = load(name)
+    pipeline = source_utils.load(PIPELINES[pipeline_of(document)])
+    snapshot = pipeline.with_options(config_path=str(PROJECT / "configs" / f"{name}.yaml")).create_snapshot(
+        name=f"shipped-{name}")
+    assert snapshot.step_configurations, name
+    parameters = snapshot.pipeline_configuration.parameters or {}
+    assert parameters.get("config") == document["parameters"]["config"]
 
 
-def run_shipped(name: str, repo: Path, tiny_model_dir: Path, monkeypatch) -> tuple[dict, dict]:
-    """Runs configs/<name>.yaml shrunk; returns the shrunk document and the run's steps by name."""
-    document = yaml.safe_load((PROJECT / "configs" / f"{name}.yaml").read_text())
-    document = shrink(document, tiny_model_dir)
-    config = repo / f"{name}.yaml"
+@pytest.mark.parametrize("name", RUN_CONFIGS)
+def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch):
+    """The dataset stage (the library entry point the step calls) over the config's own sources, at their size."""
+    from llm_engineering.config import load_run_config
+    from llm_engineering.data.prepare import prepare, row_kind
+    from llm_engineering.model.loading import load_tokenizer
+
+    monkeypatch.chdir(PROJECT)  # sample paths are relative to the project root
+    document = load(name)
+    cfg = load_run_config(document["parameters"]["config"])
+    tokenizer = cfg.model.tokenizer
+    if cfg.model.source == "hub":  # no hub here: the embedded model's tokenizer reads the rows (its template too)
+        tokenizer = tokenizer.model_copy(update={"source": "embedded", "name_or_path": None})
+    prepared = prepare(cfg.data, load_tokenizer(tokenizer), cfg.train.max_length, row_kind(pipeline_of(document)))
+    data = prepared.report.metadata()
+    assert data["rows_invalid"] == 0 and data["train_rows"] > 0, data
+    if document["parameters"]["config"].get("data", {}).get("format"):  # the file names it (else detected)
+        assert data["format"] == cfg.data.format
+    assert len(prepared.report.sources) == len(cfg.data.source_list())
+    if name == "data_mixture":
+        assert [s["rows_read"] for s in prepared.report.sources] == [240, 60, 60]
+        assert data["duplicate_rows"] == data["rows_deduped"] == 30
+    elif name == "data_tools":
+        assert json.loads(prepared.train[0]["tools"])[0]["function"]["name"] == "book_table"
+    elif name == "data_text":
+        assert data["format"] == "text"
+
+
+@pytest.mark.parametrize("name", END_TO_END)
+def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, tiny_model_dir):
+    document = shrink(load(name), tiny_model_dir)
+    config = shared_repo.root / f"shipped-{name}.yaml"
     config.write_text(yaml.safe_dump(document))
-    pipeline = pipeline_of(document)
-    done = run_pipeline(repo, config, pipeline=PIPELINES[pipeline])
-    assert done.returncode == 0, f"configs/{name}.yaml:\n" + done.stdout[-3000:] + done.stderr[-5000:]
-    monkeypatch.chdir(repo)
-    return document, Client().get_pipeline(pipeline).last_run.steps
-
-
-@pytest.fixture(scope="module")
-def sft_champion(repo, tiny_model_dir):
-    """configs/default.yaml at test size: registers smollm2-booking@champion, configs/dpo.yaml's start adapter."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        return run_shipped("default", repo, tiny_model_dir, monkeypatch)
-
-
-def test_the_shipped_config_list_is_what_this_test_expects():
-    # A new config needs no edit here; this only guards against the glob finding nothing (a moved folder).
-    assert {"default", "dpo", "orpo", "data_text", "gpu_hub_model"} <= set(CONFIGS)
-
-
-@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "schedule"])
-def test_every_shipped_config_runs_end_to_end(name, repo, tiny_model_dir, monkeypatch, request):
-    adapter = None
-    if name in ("default", "dpo"):
-        document, steps = request.getfixturevalue("sft_champion")
-        adapter = document["parameters"]["config"]["adapter"]
-        if name == "dpo":
-            document, steps = run_shipped(name, repo, tiny_model_dir, monkeypatch)
-    else:
-        document, steps = run_shipped(name, repo, tiny_model_dir, monkeypatch)
+    run = run_in_process(shared_repo, config, PIPELINES[pipeline_of(document)])
+    steps = run.steps
     cfg = document["parameters"]["config"]
-    adapter = cfg.get("adapter") or adapter  # dpo.yaml's adapter is default.yaml's, taken from its champion
+    adapter = cfg["adapter"]
 
+    assert run.status == ExecutionStatus.COMPLETED
     assert all(s.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED) for s in steps.values()), \
         {n: s.status for n, s in steps.items()}
     data = steps["load_dataset"].run_metadata
     assert data["rows_invalid"] == 0 and data["train_rows"] > 0
-    if cfg["data"].get("format"):
-        assert data["format"] == cfg["data"]["format"]
-    if cfg["data"].get("sources"):
-        assert len(data["sources"]) == len(cfg["data"]["sources"])
 
     # The run used the file's model, adapter and training settings, not the schema's defaults.
     base = steps["load_base_model"].run_metadata
     assert base["quantization"]["method"] == cfg["model"].get("quantization", {}).get("method", "none")
-    adapter_step = "inject_adapter" if "inject_adapter" in steps else "start_adapter"
-    adapter_cfg = json.loads(next(Path(steps[adapter_step].outputs[
-        next(iter(steps[adapter_step].outputs))][0].uri).rglob("adapter_config.json")).read_text())
+    adapter_cfg = json.loads(next(Path(steps["inject_adapter"].outputs["initial_adapter"][0].uri).rglob(
+        "adapter_config.json")).read_text())  # (orpo starts from a fresh adapter too)
     assert adapter_cfg["r"] == adapter["r"] and adapter_cfg["lora_alpha"] == adapter["alpha"]
-    targets = adapter["target_modules"]
-    if isinstance(targets, list):
-        assert sorted(adapter_cfg["target_modules"]) == sorted(targets)
-    training = steps["train_sft" if "train_sft" in steps else "train_preference"].run_metadata
+    if isinstance(adapter["target_modules"], list):
+        assert sorted(adapter_cfg["target_modules"]) == sorted(adapter["target_modules"])
+    train_step = steps["train_sft" if "train_sft" in steps else "train_preference"]
+    training = train_step.run_metadata
     assert training.get("train_steps", training.get("pref_steps")) == 2
+    shipped_train = {k: v for k, v in load(name)["parameters"]["config"]["train"].items()
+                     if k not in ("max_steps", "eval_steps", "logging_steps", "checkpoint_steps")}
+    assert shipped_train.items() <= train_step.config.parameters["train"].items()  # compile, accumulation, schedule
 
     # Evaluated, exported, registered and gated on the config's own metric.
     export = steps["export_model"].run_metadata
@@ -130,14 +157,9 @@ def test_every_shipped_config_runs_end_to_end(name, repo, tiny_model_dir, monkey
         assert "finetuned_" + metric in export
     output_dir = Path(export["export_dir"])
     assert (output_dir / "model.safetensors").exists() or list(output_dir.glob("model-*.safetensors"))
-    if name == "dpo":  # it started from the SFT champion that configs/default.yaml registered
-        assert cfg["preference"]["start_adapter"] == "models:/smollm2-booking@champion"
-    elif name == "data_mixture":
-        assert [s["rows_read"] for s in data["sources"]] == [240, 60, 60]
-        assert data["duplicate_rows"] == data["rows_deduped"] == 30
+    if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
+        assert data["format"] == "text" and export["finetuned_perplexity"] > 1
+        assert export["promotion_reason"] == "no champion yet"
     elif name == "data_tools":
         rows = steps["load_dataset"].outputs["train_dataset"][0].load()
         assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"
-    elif name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
-        assert data["format"] == "text" and export["finetuned_perplexity"] > 1
-        assert export["promotion_reason"] == "no champion yet"

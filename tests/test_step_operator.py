@@ -2,22 +2,19 @@
 to the configured devices, and is tracked like any other step."""
 
 import mlflow
-from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from tests.pipeline_helpers import run_pipeline, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import run_in_process, tiny_parameters, write_config
 
 
-def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp_path, tiny_model_dir, monkeypatch):
-    uri = setup_repo(tmp_path)  # the local stack has the local_cuda step operator; steps use it only when named
+def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(shared_repo, tiny_model_dir):
+    root, uri = shared_repo  # the local stack has the local_cuda step operator; steps use it only when named
     steps = {"train_sft": {"step_operator": "local_cuda", "settings": {"step_operator": {"gpus": "0"}}}}
     # no cache: other tests' runs of the same config are in this session's store
-    config = write_config(tmp_path / "operator.yaml", tiny_parameters(tiny_model_dir), steps=steps, enable_cache=False)
-    done = run_pipeline(tmp_path, config)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-
-    monkeypatch.chdir(tmp_path)
-    run = Client().get_pipeline("finetune").last_run
+    parameters = tiny_parameters(tiny_model_dir)
+    parameters["export"]["output_dir"] = "outputs/tiny-operator"
+    config = write_config(root / "operator.yaml", parameters, steps=steps, enable_cache=False)
+    run = run_in_process(shared_repo, config)
     sft, data = run.steps["train_sft"], run.steps["load_dataset"]
     assert sft.status == ExecutionStatus.COMPLETED
     assert sft.config.step_operator == "local_cuda" and data.config.step_operator is None
@@ -26,19 +23,20 @@ def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(tmp
     assert sft.run_metadata["train_steps"] == 4
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id])
+    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
+                                      f'tags.mlflow.runName = "{run.name}"')
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 4  # same run as the other steps
     assert "data_train_rows" in mlflow_run.data.metrics and "finetuned_json_exact_match" in mlflow_run.data.metrics
 
 
-def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(tmp_path, monkeypatch):
+def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(shared_repo, monkeypatch):
     """Up to the boundary of a machine with a GPU: the compiled snapshot of configs/gpu_hub_model.yaml names the step
     operator and one GPU for the four steps that load the model, and leaves the CPU steps on the orchestrator."""
     from pipelines.finetune import finetune
     from tests.pipeline_helpers import PROJECT
 
-    setup_repo(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    shared_repo.activate()
+    monkeypatch.chdir(shared_repo.root)
     snapshot = finetune.with_options(config_path=str(PROJECT / "configs" / "gpu_hub_model.yaml")).create_snapshot(
         name="gpu-plan")
     plan = {name: (step.config.step_operator, step.config.resource_settings.gpu_count)

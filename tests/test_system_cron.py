@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from llm_engineering.system_cron import MARKER, log_path, script_path
-from tests.pipeline_helpers import run, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import run, tiny_parameters, write_config
 from tests.ui_helpers import stop_group
 
 CRON = Path("/usr/sbin/cron")
@@ -48,10 +48,9 @@ def wait_for(predicate, timeout: float, interval: float = 1.0):
     return None
 
 
-def test_a_system_cron_schedule_fires_skips_the_overlapping_firing_and_is_deleted(tmp_path, tiny_model_dir):
-    env = {"ZENML_CONFIG_PATH": str(tmp_path / "zenml-config")}
-    root = tmp_path / "repo"
-    setup_repo(root, env)
+def test_a_system_cron_schedule_fires_skips_the_overlapping_firing_and_is_deleted(fresh_repo, tmp_path,
+                                                                                   tiny_model_dir):
+    root, _, env = fresh_repo
     parameters = tiny_parameters(tiny_model_dir)
     parameters["train"].update(max_steps=100_000, eval_steps=100_000)  # still training a minute later
     config = write_config(root / "long.yaml", parameters)
