@@ -52,9 +52,10 @@ orpo: setup
 test: install browser cron
 	$(BIN)/python -m pytest
 
-# The inner loop: every test that runs no pipeline and starts no server (the `pipeline` marker, tests/conftest.py).
+# The inner loop: the tests that run no pipeline, start no server or other process and compile nothing (the markers
+# are applied in tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -m "not pipeline"
+	$(BIN)/python -m pytest -m "not pipeline and not slow"
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000

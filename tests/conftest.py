@@ -2,7 +2,8 @@
 session's one ZenML repository + MLflow store that the pipeline tests share.
 
 Every test that runs a pipeline or starts a server asks for a repository fixture (`shared_repo`, `fresh_repo`, or one
-built on them): those are marked `pipeline` here, in one place, and `make test-fast` leaves them out.
+built on them): those are marked `pipeline` here, in one place; the few others that start processes or torch's
+compiler are marked `slow` here too; `make test-fast` leaves both out.
 """
 
 import atexit
@@ -95,12 +96,24 @@ def prepared(data_cfg: DataConfig, max_length: int = 256, kind=None):
 
 # A test that asks for one of these runs a pipeline or starts a server (directly or through a fixture built on them).
 PIPELINE_FIXTURES = {"shared_repo", "fresh_repo", "default_run"}
+# Tests that run no pipeline but start other processes or torch's compiler: tens of seconds each
+# (bench/results/test_durations_*.txt), so out of `make test-fast` too. A node id, or a module for all its tests.
+SLOW_WITHOUT_PIPELINE = (
+    "tests/test_resume.py",  # trains in child processes and SIGKILLs them
+    "tests/test_data_parallel.py::test_two_gloo_ranks",  # two torch.distributed rank processes
+    "tests/test_data_parallel.py::test_a_failing_rank",
+    "tests/test_stack_recipes.py::test_every_recipe_registers",  # a ZenML process with a store of its own
+    "tests/test_regional_compile.py::test_compiled_layers",  # torch.compile on CPU
+    "tests/test_masking_and_packing.py::test_flex_attention_packing",
+)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if PIPELINE_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.pipeline)
+        elif item.nodeid.startswith(SLOW_WITHOUT_PIPELINE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

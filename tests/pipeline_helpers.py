@@ -36,10 +36,16 @@ def run_pipeline(repo: Path, config: Path, timeout: int = 900, env: dict | None 
     return run([ZENML, "pipeline", "run", pipeline, "--config", str(config)], repo, timeout, env)
 
 
+class StepFailed(Exception):
+    pass
+
+
 def run_in_process(repo, config: Path, pipeline: str = "pipelines.finetune.finetune"):
-    """Runs `pipeline` with `config` in this process, in `repo` (a SharedRepo); returns the run (the one ZenML just
-    made, found by its name). A failed run raises the step's exception, as the CLI would print it."""
+    """Runs `pipeline` with `config` in this process, in `repo` (a SharedRepo); returns the run. A config refused when
+    the pipeline compiles raises its error; a failed step raises StepFailed with what ZenML recorded of its exception
+    (the reason the CLI prints)."""
     from zenml.client import Client
+    from zenml.enums import ExecutionStatus
     from zenml.utils import source_utils
 
     repo.activate()
@@ -48,6 +54,12 @@ def run_in_process(repo, config: Path, pipeline: str = "pipelines.finetune.finet
     os.chdir(repo.root)  # relative paths in a config (outputs/, data/) are the repository's, as with the CLI
     try:
         response = instance()
+    except RuntimeError as exc:
+        if "Pipeline run has failed" not in str(exc):
+            raise
+        run = Client().get_pipeline(instance.name).last_run
+        raise StepFailed("\n".join(f"{name}: {step.exception_info.traceback}" for name, step in run.steps.items()
+                                   if step.status == ExecutionStatus.FAILED and step.exception_info)) from None
     finally:  # ZenML's MLflow tracker exports MLFLOW_TRACKING_URI: later subprocesses of the session must not inherit it
         os.chdir(cwd)
         os.environ.clear()

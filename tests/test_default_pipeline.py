@@ -54,7 +54,7 @@ def test_the_default_run_learns_the_task_keeps_the_probes_and_registers_the_cham
     assert metrics["merge_max_abs_logit_diff"] <= 1e-3
     [version] = client.search_model_versions(f"name='{NAME}'")
     # a fresh registry has no champion: the first version becomes it, and production in ZenML's Model Control Plane
-    assert client.get_model_version_by_alias(NAME, "champion").version == version.version == "1"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == str(version.version) == "1"
     assert Client().get_model_version(NAME, "production").number == 1
     # MLflow's system metrics were sampled while the steps ran
     assert any(name.startswith("system/cpu_utilization") for name in metrics)
@@ -341,7 +341,7 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps_and_the_
     client = mlflow.MlflowClient(tracking_uri=default_run["uri"])
     second = client.get_model_version(NAME, "2")
     assert second.tags["promotion"] == "challenger"
-    assert client.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     zenml_versions = {int(v.number): v.stage for v in Client().list_model_versions(model=NAME, size=10)}
     assert zenml_versions[1] == "production" and zenml_versions[2] == "staging"
 

@@ -15,7 +15,7 @@ import pytest
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from tests.pipeline_helpers import run_in_process, run_pipeline, setup_repo, tiny_parameters, write_config
+from tests.pipeline_helpers import StepFailed, run_in_process, run_pipeline, setup_repo, tiny_parameters, write_config
 
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
          "evaluate_finetuned", "export_model"]
@@ -169,7 +169,7 @@ def test_bad_preference_input_stops_the_run_before_any_model_loads(repo, retried
     pairs.write_text(json.dumps(good) + "\n" + json.dumps({**good, "rejected": good["chosen"]}) + "\n")
     parameters = preference_parameters(tiny_model_dir, None)
     parameters["data"] = {"source": "file", "path": str(pairs), "eval_rows": 1}
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(StepFailed) as failed:
         run_in_process(repo, write_config(root / "bad-pairs.yaml", parameters), "pipelines.preference.preference")
     assert "pairs.jsonl: 1 of 2 rows are invalid (format preference)" in str(failed.value)
     assert "line 2: 'chosen' and 'rejected' are the same response" in str(failed.value)
@@ -189,6 +189,6 @@ def test_bad_preference_input_stops_the_run_before_any_model_loads(repo, retried
     # SFT rows given to the preference pipeline are named, with the pipeline to use instead
     parameters = preference_parameters(tiny_model_dir, None)
     parameters["data"] = {"source": "synthetic", "num_rows": 8, "eval_rows": 2}
-    with pytest.raises(Exception) as wrong:
+    with pytest.raises(Exception) as wrong:  # refused when it compiles or by the dataset step
         run_in_process(repo, write_config(root / "sft-rows.yaml", parameters), "pipelines.preference.preference")
     assert "run pipelines.finetune.finetune" in " ".join(str(wrong.value).split())
