@@ -49,13 +49,15 @@ dpo: setup
 orpo: setup
 	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/orpo.yaml
 
+# Two pytest workers, one core and one torch thread each (tests/conftest.py), a test file at a time: most tests wait on
+# processes, databases and servers rather than on matmuls, and files share their module fixtures.
 test: install browser cron
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The inner loop: the tests that run no pipeline, start no server or other process and compile nothing (the markers
 # are applied in tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -m "not pipeline and not slow"
+	$(BIN)/python -m pytest -n 2 -m "not pipeline and not slow"
 
 ui: setup
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/.mlflow/mlflow.db" --host 127.0.0.1 --port 5000

@@ -2,9 +2,9 @@
 system cron daemon (Debian's `cron`), where the ZenML orchestrator cannot schedule.
 
 Each schedule is one crontab line tagged `# llm_engineering schedule NAME` that runs `.schedules/NAME.sh` in the
-project. The script carries the project's environment (the venv's PATH, the ZENML_/HF_/MLFLOW_ settings of the shell
-that created it, never a variable that looks like a credential: those come from ZenML secrets), appends to
-`logs/schedules/NAME.log`, and runs `zenml pipeline run` under `flock -n`, so a firing while the previous run still
+project. The script carries the project's environment (the venv's PATH, the ZENML_/HF_/MLFLOW_ settings and
+OMP_NUM_THREADS of the shell that created it, never a variable that looks like a credential: those come from ZenML
+secrets), appends to `logs/schedules/NAME.log`, and runs `zenml pipeline run` under `flock -n`, so a firing while the previous run still
 goes is skipped (and logged) instead of starting a second run on the same GPU.
 """
 
@@ -22,7 +22,8 @@ from llm_engineering.schedule import check_cron
 
 MARKER = "# llm_engineering schedule "
 SKIPPED_EXIT = 75  # flock's exit code when the lock is held (EX_TEMPFAIL)
-KEPT_VARIABLES = re.compile(r"^(ZENML_|HF_|MLFLOW_|LLM_ENGINEERING_|TOKENIZERS_PARALLELISM$|VIRTUAL_ENV$)")
+KEPT_VARIABLES = re.compile(
+    r"^(ZENML_|HF_|MLFLOW_|LLM_ENGINEERING_|TOKENIZERS_PARALLELISM$|VIRTUAL_ENV$|OMP_NUM_THREADS$)")
 CREDENTIAL = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 

@@ -21,6 +21,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (`make test-fast` runs two): torch processes with
+    os.environ["OMP_NUM_THREADS"] = "1"  # more threads than their share spin against each other (~10x slower)
 
 from pathlib import Path  # noqa: E402
 

@@ -60,7 +60,7 @@ def run_in_process(repo, config: Path, pipeline: str = "pipelines.finetune.finet
         run = Client().get_pipeline(instance.name).last_run
         raise StepFailed("\n".join(f"{name}: {step.exception_info.traceback}" for name, step in run.steps.items()
                                    if step.status == ExecutionStatus.FAILED and step.exception_info)) from None
-    finally:  # ZenML's MLflow tracker exports MLFLOW_TRACKING_URI: later subprocesses of the session must not inherit it
+    finally:  # ZenML's MLflow tracker exports MLFLOW_TRACKING_URI: the session's later subprocesses must not inherit it
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(environ)

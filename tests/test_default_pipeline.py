@@ -367,6 +367,12 @@ PREFERENCE_STEPS = {"load_dataset", "chosen_conversations", "load_base_model", "
                     "export_model"}
 
 
+def test_dpo_yaml_as_shipped_compiles_from_the_default_runs_champion(default_run, shared_repo):
+    from tests.test_shipped_configs import compile_shipped
+
+    compile_shipped("dpo", shared_repo)
+
+
 def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, tmp_path):
     """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows."""
     root, uri = default_run["root"], default_run["uri"]

@@ -95,8 +95,10 @@ def test_the_script_keeps_the_settings_but_no_credential(tmp_path):
 
     script = run_script(tmp_path, "nightly", tmp_path / "run.yaml", "pipelines.finetune.finetune",
                         {"ZENML_CONFIG_PATH": "/cfg", "HF_HOME": "/hf", "MLFLOW_TRACKING_PASSWORD": "hunter2",
+                         "OMP_NUM_THREADS": "1",
                          "COMET_API_KEY": "k-123", "HOME": "/root", "ZENML_STORE_API_KEY": "zk"})
     assert "export ZENML_CONFIG_PATH=/cfg" in script and "export HF_HOME=/hf" in script
+    assert "export OMP_NUM_THREADS=1" in script  # a shell that limits torch's threads limits the scheduled run's
     for secret in ("hunter2", "k-123", "zk"):
         assert secret not in script
     assert f"flock -n -E 75 {tmp_path.resolve()}/.schedules/nightly.lock" in script
