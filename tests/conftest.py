@@ -30,6 +30,18 @@ import pytest  # noqa: E402
 
 from llm_engineering.config import AdapterConfig, DataConfig, ModelConfig, QuantizationConfig  # noqa: E402
 
+
+def _zenml_source_root() -> None:
+    """ZenML resolves steps, hooks and materializers against a source root: the repository found from the working
+    directory, else the main module's directory. A pytest-xdist worker's main module has no file, so ZenML calls made
+    outside a repository (loading an artifact, registering a flavor) would fail there: the project is the root."""
+    from zenml.utils import source_utils
+
+    source_utils.set_custom_source_root(str(Path(__file__).resolve().parents[1]))
+
+
+_zenml_source_root()
+
 TINY_LLAMA = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     max_position_embeddings=512, tie_word_embeddings=True,
@@ -142,7 +154,12 @@ class SharedRepo:
         repository of its own in the session's store (the S3 one) re-points the tracker when it sets up."""
         from llm_engineering.orchestration.stack import ensure_local_stack
 
-        ensure_local_stack(self.root)
+        cwd = os.getcwd()
+        os.chdir(self.root)  # ZenML resolves our flavors' sources from the repository it finds here
+        try:
+            ensure_local_stack(self.root)
+        finally:
+            os.chdir(cwd)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ CLI's own behaviour is not what a test checks."""
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -40,6 +41,24 @@ class StepFailed(Exception):
     pass
 
 
+@contextmanager
+def in_repo(repo):
+    """This process in `repo` (a SharedRepo) as `zenml pipeline run` is in it: its ZenML client, the stack's MLflow
+    tracker and the working directory, which ZenML takes its source root from (a pytest-xdist worker's main module
+    has no file to take it from) and a config's relative paths (outputs/, data/) are resolved against. ZenML's MLflow
+    tracker exports MLFLOW_TRACKING_URI: the environment is restored, so the session's later subprocesses do not
+    inherit it."""
+    repo.activate()
+    cwd, environ = os.getcwd(), dict(os.environ)
+    os.chdir(repo.root)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
 def run_in_process(repo, config: Path, pipeline: str = "pipelines.finetune.finetune"):
     """Runs `pipeline` with `config` in this process, in `repo` (a SharedRepo); returns the run. A config refused when
     the pipeline compiles raises its error; a failed step raises StepFailed with what ZenML recorded of its exception
@@ -48,22 +67,16 @@ def run_in_process(repo, config: Path, pipeline: str = "pipelines.finetune.finet
     from zenml.enums import ExecutionStatus
     from zenml.utils import source_utils
 
-    repo.activate()
-    instance = source_utils.load(pipeline).with_options(config_path=str(config))
-    cwd, environ = os.getcwd(), dict(os.environ)
-    os.chdir(repo.root)  # relative paths in a config (outputs/, data/) are the repository's, as with the CLI
-    try:
-        response = instance()
-    except RuntimeError as exc:
-        if "Pipeline run has failed" not in str(exc):
-            raise
-        run = Client().get_pipeline(instance.name).last_run
-        raise StepFailed("\n".join(f"{name}: {step.exception_info.traceback}" for name, step in run.steps.items()
-                                   if step.status == ExecutionStatus.FAILED and step.exception_info)) from None
-    finally:  # ZenML's MLflow tracker exports MLFLOW_TRACKING_URI: the session's later subprocesses must not inherit it
-        os.chdir(cwd)
-        os.environ.clear()
-        os.environ.update(environ)
+    with in_repo(repo):
+        instance = source_utils.load(pipeline).with_options(config_path=str(config))
+        try:
+            response = instance()
+        except RuntimeError as exc:
+            if "Pipeline run has failed" not in str(exc):
+                raise
+            run = Client().get_pipeline(instance.name).last_run
+            raise StepFailed("\n".join(f"{name}: {step.exception_info.traceback}" for name, step in run.steps.items()
+                                       if step.status == ExecutionStatus.FAILED and step.exception_info)) from None
     return Client().get_pipeline_run(response.id)
 
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from zenml.enums import ExecutionStatus
 
-from tests.pipeline_helpers import PROJECT, run_in_process
+from tests.pipeline_helpers import PROJECT, in_repo, run_in_process
 
 CONFIGS = sorted(p.stem for p in (PROJECT / "configs").glob("*.yaml"))
 RUN_CONFIGS = [c for c in CONFIGS if c != "schedule"]
@@ -73,20 +73,13 @@ def test_every_config_is_covered_by_a_run_the_table_names():
 
 def compile_shipped(name: str, repo) -> None:
     """configs/<name>.yaml compiled as shipped in `repo` (a SharedRepo): a ZenML snapshot, no step run."""
-    import os
-
     from zenml.utils import source_utils
 
-    repo.activate()
     document = load(name)
-    pipeline = source_utils.load(PIPELINES[pipeline_of(document)])
-    cwd = os.getcwd()
-    os.chdir(repo.root)  # the config names its files from the root, as in a clone
-    try:
+    with in_repo(repo):  # the config names its files from the root, as in a clone
+        pipeline = source_utils.load(PIPELINES[pipeline_of(document)])
         snapshot = pipeline.with_options(config_path=str(PROJECT / "configs" / f"{name}.yaml")).create_snapshot(
             name=f"shipped-{name}")
-    finally:
-        os.chdir(cwd)
     assert snapshot.step_configurations, name
     parameters = snapshot.pipeline_configuration.parameters or {}
     assert parameters.get("config") == document["parameters"]["config"]

@@ -29,16 +29,16 @@ def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(sha
     assert "data_train_rows" in mlflow_run.data.metrics and "finetuned_json_exact_match" in mlflow_run.data.metrics
 
 
-def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(shared_repo, monkeypatch):
+def test_the_gpu_config_compiles_to_a_plan_that_sends_the_gpu_steps_to_the_operator(shared_repo):
     """Up to the boundary of a machine with a GPU: the compiled snapshot of configs/gpu_hub_model.yaml names the step
     operator and one GPU for the four steps that load the model, and leaves the CPU steps on the orchestrator."""
-    from pipelines.finetune import finetune
-    from tests.pipeline_helpers import PROJECT
+    from tests.pipeline_helpers import PROJECT, in_repo
 
-    shared_repo.activate()
-    monkeypatch.chdir(shared_repo.root)
-    snapshot = finetune.with_options(config_path=str(PROJECT / "configs" / "gpu_hub_model.yaml")).create_snapshot(
-        name="gpu-plan")
+    with in_repo(shared_repo):
+        from pipelines.finetune import finetune
+
+        snapshot = finetune.with_options(config_path=str(PROJECT / "configs" / "gpu_hub_model.yaml")).create_snapshot(
+            name="gpu-plan")
     plan = {name: (step.config.step_operator, step.config.resource_settings.gpu_count)
             for name, step in snapshot.step_configurations.items()}
     assert plan == {"load_dataset": (None, None), "load_base_model": ("local_cuda", 1), "inject_adapter": ("local_cuda", 1),
