@@ -11,7 +11,8 @@ from llm_engineering import tracking
 from llm_engineering.orchestration.model_control_plane import process_metadata
 from llm_engineering.artifacts import Report
 from llm_engineering.config import DataConfig, TokenizerConfig
-from llm_engineering.data.prepare import prepare, row_kind
+from llm_engineering.data.prepare import prepare
+from llm_engineering.data.row_kinds import row_kind
 from llm_engineering.data.stats import histogram
 from llm_engineering.model.loading import load_tokenizer
 from llm_engineering.views import data_views

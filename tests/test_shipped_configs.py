@@ -96,7 +96,8 @@ def test_every_shipped_config_compiles_on_the_local_stack(name, shared_repo):
 def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch):
     """The dataset stage (the library entry point the step calls) over the config's own sources, at their size."""
     from llm_engineering.config import load_run_config
-    from llm_engineering.data.prepare import prepare, row_kind
+    from llm_engineering.data.prepare import prepare
+    from llm_engineering.data.row_kinds import row_kind
     from llm_engineering.model.loading import load_tokenizer
 
     monkeypatch.chdir(PROJECT)  # sample paths are relative to the project root

@@ -431,14 +431,3 @@ def sft_features():
 
 
 SFT_ROWS = RowKind("finetune", FORMATS, lambda row: detect_format([row]), process_batch, sft_features)
-
-
-def row_kind(name: str) -> RowKind:
-    """The rows a pipeline trains on, by name: "finetune" (SFT chat or text rows) or "preference" (pairs)."""
-    if name == "preference":
-        from llm_engineering.data.preference import PREFERENCE_ROWS
-
-        return PREFERENCE_ROWS
-    if name != SFT_ROWS.name:
-        raise ValueError(f"unknown kind of rows {name!r} (finetune or preference)")
-    return SFT_ROWS

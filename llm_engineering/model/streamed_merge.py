@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.model.precision import resolve_dtype, torch_dtype
 from llm_engineering.model.loading import checkpoint_location
-from llm_engineering.model.merge import trained_view
+from llm_engineering.model.trained_view import trained_view
 
 INDEX = "model.safetensors.index.json"
 ADAPTER_PREFIX = "base_model.model."
