@@ -164,8 +164,9 @@ class ModelConfig(_Section):
     revision: Optional[str] = None
     dtype: ComputeDtype = Field("auto", description="dtype of the unquantized weights (auto: bfloat16 where it is "
                                                      "native, else float32)")
-    # flex_attention (CUDA) and flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = "sdpa"
+    # auto: what the model's family supports (sdpa, or eager for Gemma 2's soft-capping). flex_attention (CUDA) and
+    # flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     trust_remote_code: bool = False
     # "tokenizer" (its own), a built-in (chatml, llama-3, mistral, alpaca) or a Jinja file; the export ships it
     chat_template: str = "tokenizer"

@@ -119,6 +119,13 @@ SLOW_WITHOUT_PIPELINE = (
     "tests/test_stack_recipes.py::test_every_recipe_registers",  # a ZenML process with a store of its own
     "tests/test_regional_compile.py::test_compiled_layers",  # torch.compile on CPU
     "tests/test_masking_and_packing.py::test_flex_attention_packing",
+    "tests/test_data.py::test_two_map_processes",  # starts datasets' worker processes
+    # training until a measured quality is reached, or writing and checking GGUF files: 15-60 s each on one core
+    "tests/test_preference_training.py::test_dpo_learns_to_prefer",
+    "tests/test_preference_training.py::test_orpo_from_scratch",
+    "tests/test_gguf.py::test_f16_and_q8_0_files",
+    "tests/test_gguf.py::test_checking_a_gguf_leaves",
+    "tests/test_gguf.py::test_a_gguf_with_a_layout_error",
 )
 
 

@@ -44,6 +44,16 @@ def test_contains_matches_whole_words_and_numbers_ignoring_case():
     assert not contains("Parisian food", "Paris")
 
 
+def test_a_reasoning_models_think_block_is_not_part_of_the_scored_answer():
+    from llm_engineering.evaluation.generation import SCORERS, answer_of
+
+    answer = '{"name": "Ann", "people": 2}'
+    thought = f"<think>\nTwo people, Ann.\n</think>\n\n{answer}"
+    assert answer_of(thought) == answer and SCORERS["json_exact_match"](answer_of(thought), answer)
+    assert answer_of("<think>\n\n</think>\n\nParis") == "Paris"  # Qwen3's empty block when thinking is off
+    assert answer_of("I <think> so</think>") == "I <think> so</think>"  # only a block the answer opens with
+
+
 def test_the_shipped_probes_are_short_general_questions_with_short_answers():
     probes = [json.loads(line) for line in PROBES.read_text().splitlines()]
     assert len(probes) >= 20

@@ -106,6 +106,8 @@ def end_of_turn(tokenizer) -> str:
         raise TemplateError("the chat template does not render the assistant's content")
     closing = tail[answer_at + len(PROBE[1]["content"]):].strip()
     ids = tokenizer(closing, add_special_tokens=False)["input_ids"] if closing else []
+    if len(ids) > 1 and ids[0] in special_ids(tokenizer):  # Phi-3: <|end|>, then the text's EOS after the last turn
+        closing, ids = tokenizer.convert_ids_to_tokens(ids[0]), ids[:1]
     if len(ids) != 1:
         found = f"'{closing}' ({len(ids)} tokens)" if closing else "nothing"
         raise TemplateError(
@@ -113,6 +115,10 @@ def end_of_turn(tokenizer) -> str:
             "vocabulary, so the model could not learn to stop; use a template whose end-of-turn token the "
             "tokenizer has (e.g. one using eos_token)")
     return closing
+
+
+def special_ids(tokenizer) -> set[int]:
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False, tools=None) -> str:

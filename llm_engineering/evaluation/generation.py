@@ -78,6 +78,14 @@ def contains(output: str, reference: str) -> bool:
     return re.search(pattern, output.lower()) is not None
 
 
+THINKING = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+
+
+def answer_of(output: str) -> str:
+    """The answer a reasoning model gives after its <think> block (Qwen3, DeepSeek-R1 style): what is scored."""
+    return THINKING.sub("", output, count=1)
+
+
 SCORERS = {
     "exact_match": lambda output, reference: output.strip() == reference.strip(),
     "contains": contains,
@@ -141,7 +149,8 @@ def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, [row_tools(row) for row in rows])
     scorer = SCORERS[metric]
     samples = [
-        Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped, score=float(scorer(out, ref)))
+        Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped,
+               score=float(scorer(answer_of(out), ref)))
         for p, ref, (out, stopped) in zip(prompts, references, outputs)
     ]
     n = max(len(samples), 1)

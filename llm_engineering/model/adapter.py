@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from dataclasses import dataclass
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from llm_engineering.config import AdapterConfig
+
+logger = logging.getLogger(__name__)
 
 
 class AdapterConfigError(ValueError):
@@ -50,6 +54,43 @@ def linear_module_names(model) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name in linear_modules(model)})
 
 
+def embedding_modules(model) -> list[str]:
+    """Full names of the input embeddings and the output head."""
+    ends = [model.get_input_embeddings(), model.get_output_embeddings()]
+    return [name for name, module in model.named_modules() if any(module is end for end in ends if end is not None)]
+
+
+def adapts_tied_embeddings(model, target_modules, modules_to_save) -> bool:
+    """The model shares one tensor between its input embeddings and its output head, and the adapter changes one of
+    them. Merging then writes the head's delta into the embeddings too (the shared tensor), so the merged model stops
+    computing what the adapter model did (Qwen2.5-0.5B collapsing after merge: transformers#45127, peft#2018)."""
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return False
+    named = ([] if isinstance(target_modules, str) else list(target_modules or [])) + list(modules_to_save or [])
+    return any(_matches_suffix(module, key) for module in embedding_modules(model) for key in named)
+
+
+def untie_embeddings(model) -> None:
+    """Give the output head its own copy of the shared tensor, before an adapter that changes the head or the
+    embeddings is attached: training, merge and export then treat them as two layers, and the export is saved
+    untied (its config says so), computing exactly what the adapter model computed."""
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    logger.warning("the adapter changes the output head or the input embeddings of a model that ties them: "
+                   "they are untied, and the export saves both")
+
+
+def attach_adapter(model, adapter_dir: Path, is_trainable: bool = False):
+    """A saved adapter on `model` (the one way the stages load one), untying the embeddings where it changes them."""
+    from peft import PeftModel
+
+    saved = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    if adapts_tied_embeddings(model, saved.get("target_modules"), saved.get("modules_to_save")):
+        untie_embeddings(model)
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+
 def _matches_suffix(name: str, key: str) -> bool:
     return name == key or name.endswith("." + key)
 
@@ -71,7 +112,9 @@ def resolve_target_modules(model, cfg: AdapterConfig) -> Union[str, list[str]]:
         if not any(re.fullmatch(targets, n) for n in linear):
             raise AdapterConfigError(f"adapter.target_modules: regex {targets!r} matches no linear module; {available}")
         return targets
-    unknown = [t for t in targets if not any(_matches_suffix(n, t) for n in linear)]
+    # the embeddings and the output head only when named: PEFT adapts them too, and all-linear leaves them out
+    targetable = linear + embedding_modules(model)
+    unknown = [t for t in targets if not any(_matches_suffix(n, t) for n in targetable)]
     if unknown:
         raise AdapterConfigError(f"adapter.target_modules: {unknown} match no linear module of this model; {available}")
     return list(targets)
@@ -151,6 +194,8 @@ def inject_adapter(model, cfg: AdapterConfig, checkpoint: Optional[str] = None):
     targets = resolve_target_modules(model, cfg)
     check_other_modules(model, cfg)
     torch.manual_seed(cfg.seed)  # LoRA A (and PiSSA's randomized SVD) are random: same seed, same adapter
+    if adapts_tied_embeddings(model, targets, cfg.modules_to_save):
+        untie_embeddings(model)
     peft_model = get_peft_model(prepare_for_training(model, cfg), lora_config(cfg, targets))
     if cfg.init_lora_weights == "loftq":
         if not is_quantized(model) or checkpoint is None:

@@ -152,14 +152,26 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
             dtype=weights_dtype,
             quantization_config=quantization,
             device_map=device_map,
-            # flex attention is switched on for training only (training.flex_attention_while_training)
-            attn_implementation="sdpa" if cfg.attn_implementation == "flex_attention" else cfg.attn_implementation,
+            attn_implementation=loading_attention(cfg),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=None if cfg.allow_pickle_weights else True,
         )
     except OSError as exc:
         raise ModelLoadError(f"could not load model {display_name(cfg)}: {exc}") from exc
+    except ValueError as exc:  # raised while the model is built, before its weights are read
+        if "attention implementation" not in str(exc) and "attn_implementation" not in str(exc):
+            raise
+        raise ModelLoadError(f"model.attn_implementation={cfg.attn_implementation}: {str(exc).splitlines()[0]} "
+                             "Use auto (what the family supports) or eager.") from None
     return model
+
+
+def loading_attention(cfg: ModelConfig) -> Optional[str]:
+    """The implementation to load with: None lets transformers pick what the family supports (sdpa, else eager);
+    flex attention is switched on for training only (training.flex_attention_while_training)."""
+    if cfg.attn_implementation == "auto":
+        return None
+    return None if cfg.attn_implementation == "flex_attention" else cfg.attn_implementation
 
 
 def weights_sha256(location: str) -> Optional[str]:

@@ -22,6 +22,7 @@ from llm_engineering.artifacts import first_rows
 from llm_engineering.config import MergeConfig, ModelConfig
 from llm_engineering.data.templates import row_text
 from llm_engineering.model.precision import resolve_dtype, torch_dtype
+from llm_engineering.model.adapter import attach_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer, padding_side, save_tokenizer
 from llm_engineering.model.trained_view import trained_view
 
@@ -116,9 +117,7 @@ def merge_adapter(
 
 def _merge_in_memory(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> FidelityReport:
     """merge_and_unload on the fp32 base; fidelity: the same fp32 weights unmerged vs merged (isolates the merge)."""
-    from peft import PeftModel
-
-    peft_model = PeftModel.from_pretrained(load_fp32_base(model_cfg, cfg), str(adapter_dir))
+    peft_model = attach_adapter(load_fp32_base(model_cfg, cfg), adapter_dir)
     peft_model.eval()
     reference = _logits(peft_model, batch)
     merged = peft_model.merge_and_unload()
@@ -138,12 +137,11 @@ def _merge_streamed(model_cfg, cfg, adapter_dir, batch, mask, output_dir) -> Fid
     """Shard-by-shard merge; fidelity: the model as trained (quantized base + adapter) vs the merged checkpoint in
     `cfg.dtype`, one model in memory at a time. This includes quantization and dtype rounding: set the threshold
     accordingly."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from llm_engineering.model.streamed_merge import streamed_merge
 
-    trained = PeftModel.from_pretrained(load_model(model_cfg), str(adapter_dir))
+    trained = attach_adapter(load_model(model_cfg), adapter_dir)
     trained.eval()
     reference = _logits(trained, batch)
     del trained

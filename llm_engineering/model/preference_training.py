@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
-from llm_engineering.model.adapter import prepare_for_training, save_adapter
+from llm_engineering.model.adapter import attach_adapter, prepare_for_training, save_adapter
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
 from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.training import (
@@ -108,13 +108,11 @@ def train_preference(
 ) -> PreferenceResult:
     """Load the base as configured, attach `initial_adapter` trainable, tune it on the preference pairs, save the
     tuned adapter in `output_dir`. Checkpoints and resume work as in SFT (`train.checkpoint_steps`)."""
-    from peft import PeftModel
-
     mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
     check_attention_backend(model_cfg)
     tokenizer = load_tokenizer(model_cfg)
     model = prepare_for_training(load_model(model_cfg), adapter_cfg)
-    model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
+    model = attach_adapter(model, initial_adapter, is_trainable=True)
 
     with tempfile.TemporaryDirectory(prefix=f"{pref.method}-") as scratch:
         work_dir = checkpoint_dir if (checkpoint_dir and cfg.checkpoint_steps) else Path(scratch)

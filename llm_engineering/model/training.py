@@ -26,7 +26,8 @@ from llm_engineering.data.stats import list_lengths, padding_fraction
 from llm_engineering.model.precision import fast_bf16
 from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
-from llm_engineering.model.adapter import inject_adapter, prepare_for_training, reinitialises_base, save_adapter
+from llm_engineering.model.adapter import (attach_adapter, inject_adapter, prepare_for_training, reinitialises_base,
+                                           save_adapter)
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -260,8 +261,6 @@ def train_adapter(
 
     With `cfg.checkpoint_steps` and a durable `checkpoint_dir`, checkpoints go there and a rerun after a kill resumes
     from the last one (the directory is removed once training completes)."""
-    from peft import PeftModel
-
     mixed_precision(cfg, model_cfg)  # refuse an impossible precision before loading anything
     check_attention_backend(model_cfg)
     tokenizer = load_tokenizer(model_cfg)
@@ -270,7 +269,7 @@ def train_adapter(
         check_same_init(model, initial_adapter)
     else:
         model = prepare_for_training(load_model(model_cfg), adapter_cfg)
-        model = PeftModel.from_pretrained(model, str(initial_adapter), is_trainable=True)
+        model = attach_adapter(model, initial_adapter, is_trainable=True)
 
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:
         work_dir = checkpoint_dir if (checkpoint_dir and cfg.checkpoint_steps) else Path(scratch)

@@ -1,0 +1,130 @@
+"""Tiny random checkpoints of the model families users fine-tune, each with its family's traits switched on and its
+family's chat format, saved as a local checkpoint beside a real tokenizer (the embedded model's BPE tokenizer with the
+family's turn markers added as special tokens), so a test can take each one through every stage in seconds.
+
+What each family brings that breaks fine-tuning tools (the traits below switch them on):
+- llama3: llama3 rope scaling, untied embeddings, three end tokens (<|eot_id|>, <|eom_id|>, <|end_of_text|>)
+- qwen2: q/k/v biases, tied embeddings, ChatML
+- qwen3: q/k norms, tied embeddings, ChatML whose answers open with a <think> block
+- gemma2: logit soft-capping, alternating sliding windows, scaled embeddings, tied, eager attention only, no system role
+- gemma3: q/k norms, sliding windows, scaled embeddings, tied, no system role
+- mistral: sliding window attention, [INST] turns closed by </s>, the system prompt inside the last user turn
+- phi3: fused qkv_proj and gate_up_proj, <|user|> / <|end|> turns, the end of the text after the last turn
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS = 64, 4, 2, 16, 128, 2
+SIZE = dict(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, intermediate_size=INTER,
+            num_hidden_layers=LAYERS, max_position_embeddings=512)
+
+GEMMA = (  # Gemma 3's: the system turn folded into the first user turn, the assistant called "model"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+QWEN3 = (  # Qwen3's: the answer after the last user turn carries its (here empty) reasoning in a <think> block
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns_last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MISTRAL = (  # Mistral v0.3's: the system turn joins the last user turn (v0.1's refuses one: the built-in mistral)
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% set last_user = namespace(i=-1) %}{% for m in turns %}{% if m['role'] == 'user' %}"
+    "{% set last_user.i = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in turns %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + (system + '\\n\\n' if system and loop.index0 == last_user.i else '')"
+    " + m['content'] + '[/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+PHI3 = (  # Phi-3's: every turn closed by <|end|>, and the text by the EOS when no answer is asked for
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_class: str  # in transformers
+    config_class: str
+    traits: dict
+    chat_template: str  # a built-in name of llm_engineering.data.templates or Jinja text
+    end_of_turn: str  # the token that closes an answer
+    special_tokens: tuple = ()  # turn markers the family's tokenizer has as single tokens
+    bos: str = "<|im_start|>"
+    eos: str = "<|im_end|>"
+    end_tokens: tuple = ()  # the generation config's EOS ids beyond end_of_turn (by token)
+    tied: bool = False
+    attention: dict = field(default_factory=dict)  # preset -> the family's module names
+    mlp: tuple = ("down_proj", "gate_proj", "up_proj")
+
+
+ATTENTION = ("k_proj", "o_proj", "q_proj", "v_proj")
+SLIDING = ["sliding_attention", "full_attention"]
+FAMILIES = {f.name: f for f in [
+    Family("llama3", "LlamaForCausalLM", "LlamaConfig",
+           dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+           "llama-3", "<|eot_id|>",
+           special_tokens=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>", "<|eom_id|>"),
+           bos="<|begin_of_text|>", eos="<|end_of_text|>", end_tokens=("<|eom_id|>", "<|end_of_text|>")),
+    Family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=True), "chatml", "<|im_end|>",
+           tied=True),
+    Family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", dict(tie_word_embeddings=True, head_dim=HEAD_DIM), QWEN3,
+           "<|im_end|>", tied=True),
+    Family("gemma2", "Gemma2ForCausalLM", "Gemma2Config",
+           dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
+                final_logit_softcapping=30.0, attn_logit_softcapping=50.0, tie_word_embeddings=True),
+           GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True),
+    Family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig",
+           dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
+                tie_word_embeddings=True),
+           GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True),
+    Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=16, head_dim=HEAD_DIM), MISTRAL,
+           "</s>", special_tokens=("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>"),
+    Family("phi3", "Phi3ForCausalLM", "Phi3Config", dict(original_max_position_embeddings=512), PHI3, "<|end|>",
+           special_tokens=("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
+           bos="<|endoftext|>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",),
+           attention=("o_proj", "qkv_proj"), mlp=("down_proj", "gate_up_proj")),
+]}
+
+
+def family_attention(family: Family) -> tuple:
+    return family.attention or ATTENTION
+
+
+def build_family_checkpoint(family: Family, directory: Path, seed: int = 0) -> Path:
+    """Save `family`'s tiny random model and its tokenizer (chat template set) to `directory`."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from llm_engineering.data.templates import BUILT_IN
+    from llm_engineering.model.embedded import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)})
+    tokenizer.bos_token, tokenizer.eos_token = family.bos, family.eos
+    tokenizer.chat_template = BUILT_IN.get(family.chat_template, family.chat_template)
+    ids = tokenizer.convert_tokens_to_ids
+    config = getattr(transformers, family.config_class)(
+        vocab_size=len(tokenizer), bos_token_id=ids(family.bos), eos_token_id=ids(family.eos),
+        pad_token_id=ids(family.eos), **{**SIZE, **family.traits})
+    torch.manual_seed(seed)
+    model = getattr(transformers, family.model_class)(config)
+    end_ids = [ids(family.end_of_turn)] + [ids(t) for t in family.end_tokens if t != family.end_of_turn]
+    model.generation_config = GenerationConfig(bos_token_id=ids(family.bos), eos_token_id=end_ids,
+                                               pad_token_id=ids(family.eos))
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

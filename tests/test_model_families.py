@@ -1,0 +1,155 @@
+"""Every model family users bring, through every stage's library entry point (the ones the steps call): a tiny random
+checkpoint per family (tests/model_families.py) with its traits and chat format, loaded unquantized and in 4 bits,
+its target presets resolved to its own module names, trained, merged in memory and streamed, exported and reloaded by
+plain transformers."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, ModelConfig, QuantizationConfig, TrainConfig
+from llm_engineering.data.prepare import prepare
+from llm_engineering.data.templates import render
+from llm_engineering.model.adapter import inject_adapter, resolve_target_modules, save_adapter
+from llm_engineering.model.export import verify_export, write_export
+from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
+from llm_engineering.model.merge import merge_adapter
+from llm_engineering.model.training import train_adapter
+from tests.model_families import FAMILIES, build_family_checkpoint, family_attention
+
+TRAIN = TrainConfig(learning_rate=5e-3, max_steps=2, per_device_batch_size=4, logging_steps=1, eval_steps=2,
+                    max_length=256, mixed_precision="no")
+CONVERSATION = [{"role": "system", "content": "Answer in JSON."},
+                {"role": "user", "content": "Table for 2 at Café Müller, 19:30 — name: Zoë\u2028O'Brien"},
+                {"role": "assistant", "content": '{"name": "Zoë O\'Brien", "people": 2, "time": "19:30"}'}]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    built = {}
+
+    def checkpoint(name):
+        if name not in built:
+            built[name] = build_family_checkpoint(FAMILIES[name], tmp_path_factory.mktemp(name))
+        return built[name]
+    return checkpoint
+
+
+def model_cfg(path, quantization="none", **options) -> ModelConfig:
+    return ModelConfig(source="local", name_or_path=str(path), dtype="float32",
+                       quantization=QuantizationConfig(method=quantization, compute_dtype="float32"), **options)
+
+
+def safetensors_keys(directory) -> set:
+    keys = set()
+    for file in directory.glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            keys |= set(handle.keys())
+    return keys
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_family_loads_trains_merges_and_exports_as_itself(name, checkpoints, tmp_path):
+    family, path = FAMILIES[name], checkpoints(name)
+    qlora, plain = model_cfg(path, "4bit"), model_cfg(path)
+
+    # the family's chat format: its end-of-turn token is what generation stops on, and text round-trips
+    tokenizer = load_tokenizer(qlora)
+    assert tokenizer.eos_token == family.end_of_turn
+    text = render(tokenizer, CONVERSATION)
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+    # loads as itself, with an attention implementation the family supports; presets name its own modules
+    base, _, ref = load_base(plain)
+    assert type(base).__name__ == family.model_class
+    assert base.config._attn_implementation == ("eager" if name == "gemma2" else "sdpa")
+    assert resolve_target_modules(base, AdapterConfig(target_modules="attention")) == sorted(family_attention(family))
+    assert resolve_target_modules(base, AdapterConfig(target_modules="mlp")) == sorted(family.mlp)
+    assert resolve_target_modules(base, AdapterConfig(target_modules="all")) == "all-linear"
+    quantized = load_model(qlora)
+    assert ref.footprint_bytes > quantized.get_memory_footprint()
+
+    # QLoRA on every linear layer (fused ones included), two steps
+    adapter_cfg = AdapterConfig(r=4, alpha=8, target_modules="all-linear")
+    peft_model, stats = inject_adapter(quantized, adapter_cfg)
+    adapted = {n.rsplit(".", 1)[-1] for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
+    assert {n.split(".")[-2] for n, _ in peft_model.named_modules() if n.endswith(".lora_A")} == \
+        set(family_attention(family)) | set(family.mlp), adapted
+    save_adapter(peft_model, tmp_path / "initial")
+    split = prepare(DataConfig(num_rows=24, eval_rows=4), tokenizer, TRAIN.max_length)
+    result = train_adapter(qlora, adapter_cfg, TRAIN, tmp_path / "initial", split.train, split.eval,
+                           tmp_path / "adapter")
+    assert result.steps == 2 and result.final_train_loss == result.final_train_loss  # ran, not NaN
+
+    # merged in memory and shard by shard: the same bytes, faithful to the adapter model
+    merge = MergeConfig(dtype="float32", base_weights="original")
+    report = merge_adapter(qlora, merge, tmp_path / "adapter", split.eval, tmp_path / "in_memory")
+    assert report.top1_agreement == 1.0 and report.max_abs_logit_diff <= 1e-4
+    merge_adapter(qlora, merge.model_copy(update={"method": "streamed", "max_logit_diff": 1.0}),
+                  tmp_path / "adapter", split.eval, tmp_path / "streamed")
+    for key in safetensors_keys(tmp_path / "in_memory"):
+        with safe_open(tmp_path / "in_memory" / "model.safetensors", "pt") as a, \
+                safe_open(tmp_path / "streamed" / "model.safetensors", "pt") as b:
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+    assert safetensors_keys(tmp_path / "in_memory") == safetensors_keys(tmp_path / "streamed")
+
+    # exported: plain transformers reloads it with the merged model's logits, tied where the base was tied
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "in_memory")
+    export = write_export(merged, tokenizer, tmp_path / "export", "card")
+    reloaded, exported_tokenizer, diff = verify_export(export, merged, [split.eval[i] for i in range(4)])
+    assert diff <= 1e-5
+    config = json.loads((export / "config.json").read_text())
+    assert config.get("tie_word_embeddings", False) == family.tied
+    assert ("lm_head.weight" in safetensors_keys(export)) == (not family.tied)  # a tied head is saved once
+    assert render(exported_tokenizer, CONVERSATION) == text
+    generation = json.loads((export / "generation_config.json").read_text())
+    ids = exported_tokenizer.convert_tokens_to_ids
+    expected_ends = {ids(family.end_of_turn), *(ids(t) for t in family.end_tokens)}
+    assert expected_ends <= set(generation["eos_token_id"] if isinstance(generation["eos_token_id"], list)
+                                else [generation["eos_token_id"]])
+
+
+def test_an_attention_the_family_cannot_run_is_refused_before_the_weights_load(checkpoints):
+    with pytest.raises(ModelLoadError, match=r"model.attn_implementation=sdpa: Gemma2ForCausalLM .* eager"):
+        load_base(model_cfg(checkpoints("gemma2"), attn_implementation="sdpa"))
+
+
+@pytest.mark.parametrize("settings", [
+    dict(target_modules=["q_proj", "lm_head"]),
+    dict(target_modules=["q_proj", "embed_tokens"]),
+    dict(target_modules=["q_proj"], modules_to_save=["lm_head"]),
+], ids=["lora_head", "lora_embeddings", "saved_head"])
+def test_an_adapter_on_a_tied_head_merges_exports_and_reloads_as_the_adapter_model_computes(settings, checkpoints,
+                                                                                          tmp_path):
+    """Qwen2.5-0.5B's trap (transformers#45127, peft#2018): the head and the embeddings are one tensor."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = model_cfg(checkpoints("qwen2"))
+    peft_model, _ = inject_adapter(load_model(cfg), AdapterConfig(r=4, alpha=8, **settings))
+    generator = torch.Generator().manual_seed(0)
+    for name, param in peft_model.named_parameters():  # as after training: every trainable tensor moved
+        if param.requires_grad:
+            param.data += torch.randn(param.shape, generator=generator) * 0.05
+    save_adapter(peft_model, tmp_path / "adapter")
+    tokenizer = load_tokenizer(cfg)
+    rows = prepare(DataConfig(num_rows=8, eval_rows=2), tokenizer, 256).eval
+
+    report = merge_adapter(cfg, MergeConfig(dtype="float32"), tmp_path / "adapter", rows, tmp_path / "merged")
+    assert report.max_abs_logit_diff <= 1e-4 and report.top1_agreement == 1.0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    export = write_export(merged, tokenizer, tmp_path / "export", "card")
+    reloaded, _, _ = verify_export(export, merged, rows)
+    adapter_model = PeftModel.from_pretrained(load_model(cfg), str(tmp_path / "adapter")).eval()
+    batch = tokenizer([r["text"] if "text" in r else render(tokenizer, r["messages"]) for r in rows],
+                      return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        assert torch.allclose(adapter_model(**batch).logits, reloaded(**batch).logits, atol=1e-4)
+    tied = json.loads((export / "config.json").read_text()).get("tie_word_embeddings", False)
+    assert tied == ("lm_head.weight" not in safetensors_keys(export))  # saved once when tied, twice when not
+    if tied:
+        assert torch.equal(reloaded.get_input_embeddings().weight, reloaded.get_output_embeddings().weight)
