@@ -70,6 +70,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    """family name -> its tiny checkpoint (tests/model_families.py), built once per session when first asked for."""
+    from tests.model_families import FAMILIES, build_family_checkpoint
+
+    built = {}
+
+    def checkpoint(name: str) -> Path:
+        if name not in built:
+            built[name] = build_family_checkpoint(FAMILIES[name], tmp_path_factory.mktemp(name))
+        return built[name]
+    return checkpoint
+
+
 @pytest.fixture
 def tiny_model_cfg(tiny_model_dir) -> ModelConfig:
     return ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",

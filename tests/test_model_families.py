@@ -17,24 +17,13 @@ from llm_engineering.model.export import verify_export, write_export
 from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
 from llm_engineering.model.merge import merge_adapter
 from llm_engineering.model.training import train_adapter
-from tests.model_families import FAMILIES, build_family_checkpoint, family_attention
+from tests.model_families import FAMILIES, family_attention
 
 TRAIN = TrainConfig(learning_rate=5e-3, max_steps=2, per_device_batch_size=4, logging_steps=1, eval_steps=2,
                     max_length=256, mixed_precision="no")
 CONVERSATION = [{"role": "system", "content": "Answer in JSON."},
                 {"role": "user", "content": "Table for 2 at Café Müller, 19:30 — name: Zoë\u2028O'Brien"},
                 {"role": "assistant", "content": '{"name": "Zoë O\'Brien", "people": 2, "time": "19:30"}'}]
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    built = {}
-
-    def checkpoint(name):
-        if name not in built:
-            built[name] = build_family_checkpoint(FAMILIES[name], tmp_path_factory.mktemp(name))
-        return built[name]
-    return checkpoint
 
 
 def model_cfg(path, quantization="none", **options) -> ModelConfig:
@@ -51,8 +40,8 @@ def safetensors_keys(directory) -> set:
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_each_family_loads_trains_merges_and_exports_as_itself(name, checkpoints, tmp_path):
-    family, path = FAMILIES[name], checkpoints(name)
+def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_checkpoint, tmp_path):
+    family, path = FAMILIES[name], family_checkpoint(name)
     qlora, plain = model_cfg(path, "4bit"), model_cfg(path)
 
     # the family's chat format: its end-of-turn token is what generation stops on, and text round-trips
@@ -113,9 +102,9 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, checkpoints
                                 else [generation["eos_token_id"]])
 
 
-def test_an_attention_the_family_cannot_run_is_refused_before_the_weights_load(checkpoints):
+def test_an_attention_the_family_cannot_run_is_refused_before_the_weights_load(family_checkpoint):
     with pytest.raises(ModelLoadError, match=r"model.attn_implementation=sdpa: Gemma2ForCausalLM .* eager"):
-        load_base(model_cfg(checkpoints("gemma2"), attn_implementation="sdpa"))
+        load_base(model_cfg(family_checkpoint("gemma2"), attn_implementation="sdpa"))
 
 
 @pytest.mark.parametrize("settings", [
@@ -123,13 +112,13 @@ def test_an_attention_the_family_cannot_run_is_refused_before_the_weights_load(c
     dict(target_modules=["q_proj", "embed_tokens"]),
     dict(target_modules=["q_proj"], modules_to_save=["lm_head"]),
 ], ids=["lora_head", "lora_embeddings", "saved_head"])
-def test_an_adapter_on_a_tied_head_merges_exports_and_reloads_as_the_adapter_model_computes(settings, checkpoints,
-                                                                                          tmp_path):
+def test_an_adapter_on_a_tied_head_merges_exports_and_reloads_as_the_adapter_model_computes(settings,
+                                                                                          family_checkpoint, tmp_path):
     """Qwen2.5-0.5B's trap (transformers#45127, peft#2018): the head and the embeddings are one tensor."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = model_cfg(checkpoints("qwen2"))
+    cfg = model_cfg(family_checkpoint("qwen2"))
     peft_model, _ = inject_adapter(load_model(cfg), AdapterConfig(r=4, alpha=8, **settings))
     generator = torch.Generator().manual_seed(0)
     for name, param in peft_model.named_parameters():  # as after training: every trainable tensor moved

@@ -6,8 +6,9 @@ as shipped through the dataset stage (every row valid, the format and sources th
 configs/ gets both without an edit here, and `COVERED_BY` must then say which run covers the rest of it.
 
 End to end (`END_TO_END`, in this process, in the session's repository) the configs whose code path no other run
-takes, as shipped except for their size: the model is the tiny Llama (same tokenizer), training takes 2 steps, at
-most 4 rows are held out and the evaluation scores 4 rows; the test checks the run used the file's own settings.
+takes, as shipped except for their size: the model is a tiny checkpoint of another family each (FAMILY_OF; the
+same BPE tokenizer, the family's chat format), training takes 2 steps, at most 4 rows are held out and the
+evaluation scores 4 rows; the test checks the run used the file's own settings and kept the family's traits.
 configs/schedule.yaml is not a run config but a schedule of configs/default.yaml: tests/test_schedules.py creates it.
 """
 
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from transformers import AutoTokenizer
 from zenml.enums import ExecutionStatus
 
+from tests.model_families import FAMILIES
 from tests.pipeline_helpers import PROJECT, in_repo, run_in_process
 
 CONFIGS = sorted(p.stem for p in (PROJECT / "configs").glob("*.yaml"))
@@ -42,6 +45,15 @@ COVERED_BY = {
     "orpo": "end to end here: ORPO from a fresh adapter in the preference pipeline",
 }
 END_TO_END = ["data_text", "data_tools", "cpu_fastest", "llm_engineers_handbook", "orpo"]
+# Each of those runs a family whose trait its path meets, so that every family the pipeline supports runs it end to
+# end without a run of its own (tests/test_model_families.py takes all of them through each stage's library call).
+FAMILY_OF = {
+    "data_text": "gemma2",  # eager-only attention picked by auto, soft-capping, sliding windows, tied embeddings
+    "data_tools": "qwen2",  # the tool-calling family: q/k/v biases, tied embeddings under chatml-tools
+    "cpu_fastest": "qwen3",  # unquantized, its decoder layers (q/k norms) compiled one by one
+    "llm_engineers_handbook": "llama3",  # llama3 rope scaling; its module list names Llama's own projections
+    "orpo": "phi3",  # fused qkv_proj / gate_up_proj in the preference pipeline
+}
 
 
 def load(name: str) -> dict:
@@ -122,8 +134,9 @@ def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", END_TO_END)
-def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, tiny_model_dir):
-    document = shrink(load(name), tiny_model_dir)
+def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_checkpoint):
+    family = FAMILIES[FAMILY_OF[name]]
+    document = shrink(load(name), family_checkpoint(family.name))
     config = shared_repo.root / f"shipped-{name}.yaml"
     config.write_text(yaml.safe_dump(document))
     run = run_in_process(shared_repo, config, PIPELINES[pipeline_of(document)])
@@ -162,6 +175,13 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, tiny_mode
         assert "finetuned_" + metric in export
     output_dir = Path(export["export_dir"])
     assert (output_dir / "model.safetensors").exists() or list(output_dir.glob("model-*.safetensors"))
+    exported = json.loads((output_dir / "config.json").read_text())  # the family as it came, tied where it was
+    assert exported["architectures"] == [family.model_class]
+    assert exported.get("tie_word_embeddings", False) == family.tied
+    end = family.end_of_turn if cfg["model"].get("chat_template", "tokenizer") == "tokenizer" else "<|im_end|>"
+    stops = json.loads((output_dir / "generation_config.json").read_text())["eos_token_id"]
+    assert AutoTokenizer.from_pretrained(output_dir).convert_tokens_to_ids(end) in (
+        stops if isinstance(stops, list) else [stops])  # a served answer stops at the template's end of turn
     if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
         assert data["format"] == "text" and export["finetuned_perplexity"] > 1
         assert export["promotion_reason"] == "no champion yet"
