@@ -1,6 +1,9 @@
 """Tiny random checkpoints of the model families users fine-tune, each with its family's traits switched on and its
-family's chat format, saved as a local checkpoint beside a real tokenizer (the embedded model's BPE tokenizer with the
-family's turn markers added as special tokens), so a test can take each one through every stage in seconds.
+family's chat format, saved as a local checkpoint beside a real tokenizer of the family's kind, so a test can take each
+one through every stage in seconds: for the BPE families (Llama 3, Qwen) the embedded model's BPE tokenizer with the
+family's turn markers added as special tokens; for the SentencePiece families (Gemma, Mistral, Phi-3) a 2,000-piece
+SentencePiece BPE model (byte fallback) trained here on the booking task's and the replay rows' text, in the family's own tokenizer class,
+with its `tokenizer.model` beside it as the real checkpoints have.
 
 What each family brings that breaks fine-tuning tools (the traits below switch them on):
 - llama3: llama3 rope scaling, untied embeddings, three end tokens (<|eot_id|>, <|eom_id|>, <|end_of_text|>)
@@ -64,9 +67,16 @@ class Family:
     tied: bool = False
     attention: dict = field(default_factory=dict)  # preset -> the family's module names
     mlp: tuple = ("down_proj", "gate_proj", "up_proj")
+    sentencepiece: tuple = ()  # (tokenizer class, the trainer's special pieces) for a SentencePiece family
 
 
 ATTENTION = ("k_proj", "o_proj", "q_proj", "v_proj")
+PROJECT = Path(__file__).resolve().parents[1]
+VOCAB = 2000  # pieces: enough that the replay rows fit the shipped configs' max_length as with a real vocabulary
+GEMMA_PIECES = ("GemmaTokenizer", dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+                                      bos_piece="<bos>", unk_piece="<unk>"))
+LLAMA_PIECES = ("LlamaTokenizer", dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1, unk_piece="<unk>", bos_piece="<s>",
+                                      eos_piece="</s>"))
 SLIDING = ["sliding_attention", "full_attention"]
 FAMILIES = {f.name: f for f in [
     Family("llama3", "LlamaForCausalLM", "LlamaConfig",
@@ -84,17 +94,17 @@ FAMILIES = {f.name: f for f in [
            dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
                 final_logit_softcapping=30.0, attn_logit_softcapping=50.0, tie_word_embeddings=True),
            GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
-           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True),
+           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
     Family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig",
            dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
                 tie_word_embeddings=True),
            GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
-           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True),
+           bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
     Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=16, head_dim=HEAD_DIM), MISTRAL,
-           "</s>", special_tokens=("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>"),
+           "</s>", special_tokens=("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", sentencepiece=LLAMA_PIECES),
     Family("phi3", "Phi3ForCausalLM", "Phi3Config", dict(original_max_position_embeddings=512), PHI3, "<|end|>",
            special_tokens=("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
-           bos="<|endoftext|>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",),
+           bos="<s>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",), sentencepiece=LLAMA_PIECES,
            attention=("o_proj", "qkv_proj"), mlp=("down_proj", "gate_up_proj")),
 ]}
 
@@ -112,8 +122,11 @@ def build_family_checkpoint(family: Family, directory: Path, seed: int = 0) -> P
     from llm_engineering.data.templates import BUILT_IN
     from llm_engineering.model.embedded import embedded_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)})
+    if family.sentencepiece:
+        tokenizer = sentencepiece_tokenizer(family, directory)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+        tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)})
     tokenizer.bos_token, tokenizer.eos_token = family.bos, family.eos
     tokenizer.chat_template = BUILT_IN.get(family.chat_template, family.chat_template)
     ids = tokenizer.convert_tokens_to_ids
@@ -128,3 +141,35 @@ def build_family_checkpoint(family: Family, directory: Path, seed: int = 0) -> P
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def sentencepiece_tokenizer(family: Family, directory: Path):
+    """A tiny SentencePiece BPE model trained on the booking task's text (byte fallback: any text encodes), saved as
+    `directory/tokenizer.model`, in the family's tokenizer class; its turn markers are special tokens."""
+    import io
+
+    import sentencepiece
+    import transformers
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    from llm_engineering.data.synthetic import booking_rows
+
+    class_name, pieces = family.sentencepiece
+    reserved = {v for k, v in pieces.items() if k.endswith("_piece")}
+    markers = [t for t in family.special_tokens if t not in reserved]
+    texts = [m["content"] for row in booking_rows(300, seed=0) for m in row["messages"]]
+    for file in sorted((PROJECT / "data" / "replay").glob("*.jsonl")):  # general text too: the replay rows, pairs
+        texts += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=VOCAB, model_type="bpe", byte_fallback=True,
+        user_defined_symbols=markers, character_coverage=1.0, normalization_rule_name="identity",
+        add_dummy_prefix=class_name == "LlamaTokenizer", remove_extra_whitespaces=False, split_digits=True,
+        allow_whitespace_only_pieces=True, minloglevel=2, **pieces)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    extracted = SentencePieceExtractor(str(directory / "tokenizer.model")).extract(BPE)
+    tokenizer = getattr(transformers, class_name)(vocab=extracted["vocab"], merges=extracted["merges"])
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    return tokenizer

@@ -48,7 +48,12 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
     tokenizer = load_tokenizer(qlora)
     assert tokenizer.eos_token == family.end_of_turn
     text = render(tokenizer, CONVERSATION)
-    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text and tokenizer.unk_token_id not in ids
+    if family.sentencepiece:  # a SentencePiece vocabulary: byte-fallback pieces, words marked with ▁
+        assert {"<0x00>", "<0xFF>"} <= set(tokenizer.get_vocab()) and (path / "tokenizer.model").is_file()
+    for marker in family.special_tokens:  # each turn marker is one token, as the model must learn to emit it
+        assert len(tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1, marker
 
     # loads as itself, with an attention implementation the family supports; presets name its own modules
     base, _, ref = load_base(plain)
