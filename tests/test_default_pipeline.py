@@ -194,7 +194,9 @@ def test_the_export_loads_with_plain_transformers_and_answers_the_task(default_r
     from llm_engineering.model.export import verify_manifest
 
     export_dir = default_run["root"] / "outputs" / NAME
-    assert (export_dir / "README.md").read_text().startswith("---\nbase_model:")
+    card = (export_dir / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "tags: [lora, sft, llm_engineering]" in card
+    assert "LoRA adapter trained with TRL SFT, merged into the base weights" in card
     assert (export_dir / "adapter" / "adapter_model.safetensors").is_file() and verify_manifest(export_dir) == []
     model, tokenizer = load_exported(export_dir)
     request = "Book a table for two at Casa Verde on Friday at 19:30 under the name Lee."
@@ -416,6 +418,9 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
                                                                 tracking_uri=uri)).read_text())
     assert {"base_output", "start_output", "finetuned_output"} <= set(table["columns"])
     assert str(client.get_model_version_by_alias(f"{NAME}-dpo", "champion").version) == "1"
+    card = (Path(run.steps["export_model"].run_metadata["export_dir"]) / "README.md").read_text()
+    assert "tags: [lora, dpo, llm_engineering]" in card  # the card says how this model was made, not SFT
+    assert f"tuned with TRL DPO on preference pairs, starting from the adapter `models:/{NAME}@champion`" in card
     # the run used the file's own settings, not the schema's defaults
     training = run.steps["train_preference"].config.parameters
     assert training["preference"]["sft_loss_weight"] == cfg["preference"]["sft_loss_weight"]

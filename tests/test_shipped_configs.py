@@ -175,6 +175,10 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
         assert "finetuned_" + metric in export
     output_dir = Path(export["export_dir"])
     assert (output_dir / "model.safetensors").exists() or list(output_dir.glob("model-*.safetensors"))
+    card = (output_dir / "README.md").read_text()  # says how the model was trained
+    method = cfg.get("preference", {}).get("method")
+    assert (f"tuned with TRL {method.upper()} on preference pairs, from a fresh adapter" if method else
+            "trained with TRL SFT") in card
     exported = json.loads((output_dir / "config.json").read_text())  # the family as it came, tied where it was
     assert exported["architectures"] == [family.model_class]
     assert exported.get("tie_word_embeddings", False) == family.tied

@@ -90,16 +90,28 @@ def serving_section(base_model: str, config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def training_method(config: dict[str, Any]) -> tuple[str, str]:
+    """(tag, sentence) saying how the adapter was trained, from the run's resolved config."""
+    preference = config.get("preference") or {}
+    if not preference:
+        return "sft", "trained with TRL SFT"
+    method = preference.get("method", "dpo")
+    start = preference.get("start_adapter")
+    origin = f", starting from the adapter `{start}`" if start else ", from a fresh adapter"
+    return method, f"tuned with TRL {method.upper()} on preference pairs{origin}"
+
+
 def model_card(base_model: str, data: dict[str, Any], config: dict[str, Any], metrics: dict[str, float]) -> str:
     rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items()))
+    tag, how = training_method(config)
     return f"""---
 base_model: {base_model}
 library_name: transformers
-tags: [lora, sft, llm_engineering]
+tags: [lora, {tag}, llm_engineering]
 ---
 # Fine-tuned {base_model}
 
-LoRA adapter trained with TRL SFT and merged into the base weights by `llm_engineering`. The adapter alone is in
+LoRA adapter {how}, merged into the base weights by `llm_engineering`. The adapter alone is in
 `{ADAPTER_SUBDIR}/`; `{MANIFEST}` lists the SHA-256 of every file.
 
 ## Data
