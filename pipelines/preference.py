@@ -72,5 +72,5 @@ def preference(config: Optional[dict[str, Any]] = None) -> None:
         merged_model=merged_model, trained_adapter=trained_adapter, base_model=base_model, eval_dataset=eval_dataset,
         data_summary=data_summary, training_metrics=training_metrics, merge_report=merge_report,
         base_evaluation=base_evaluation, finetuned_evaluation=finetuned_evaluation, export=cfg.export,
-        run_config=cfg.model_dump(mode="json"), start_evaluation=start_evaluation,
+        run_config=cfg.model_dump(mode="json"), start_evaluation=start_evaluation, method=cfg.preference.method,
     )

@@ -38,10 +38,12 @@ def export_model(
     export: ExportConfig,
     run_config: dict[str, Any],
     start_evaluation: Optional[dict[str, Any]] = None,
+    method: str = "sft",
 ) -> Tuple[Annotated[str, "export_dir"], Annotated[Report, "evaluation_metrics"]]:
     """Write the servable directory atomically, verify it reloads, register it in MLflow, and gate it: champion
     (ZenML stage production) only if it beats the current champion on the same eval data without regressing.
-    `start_evaluation`: a preference run's starting model, shown beside the base and the tuned one."""
+    `start_evaluation`: a preference run's starting model, shown beside the base and the tuned one; `method`: how
+    the adapter was trained (sft, dpo, orpo), for the model card."""
     config = RunConfig.model_validate(run_config)
     tracking.set_tags(pipeline_run_tags())
     base, tuned = ModelEvaluation(**base_evaluation), ModelEvaluation(**finetuned_evaluation)
@@ -62,7 +64,7 @@ def export_model(
     vllm_warning = check_vllm_rank(config.adapter.r) if export.include_adapter else None
     model, tokenizer = load_exported(merged_model.path)
     rows = first_rows(eval_dataset, export.verify_prompts)
-    card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics)
+    card = model_card(base_model.display_name, data_summary, config.model_dump(mode="json"), metrics, method)
     out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
                        max_shard_size=export.max_shard_size,
                        adapter_dir=trained_adapter.path if export.include_adapter else None,

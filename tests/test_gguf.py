@@ -2,6 +2,7 @@
 model (transformers' GGUF loader), the Ollama Modelfile, and the refusals."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -120,3 +121,15 @@ def test_a_model_that_is_not_a_llama_is_refused_when_the_pipeline_compiles(tiny_
         check_model_supports_gguf(cfg, ["f16"])
     check_model_supports_gguf(cfg, [])  # no GGUF asked for: nothing to refuse
     check_model_supports_gguf(ModelConfig(source="local", name_or_path=str(tiny_model_dir)), ["f16", "q8_0"])
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("llama3", "rope type 'llama3' is not supported"), ("qwen2", "architecture Qwen2ForCausalLM is not supported"),
+    ("qwen3", "architecture Qwen3ForCausalLM"), ("gemma2", "architecture Gemma2ForCausalLM"),
+    ("gemma3", "architecture Gemma3ForCausalLM"), ("mistral", "architecture MistralForCausalLM"),
+    ("phi3", "architecture Phi3ForCausalLM")])
+def test_every_other_family_is_refused_gguf_when_the_pipeline_compiles_naming_why(name, reason, family_checkpoint):
+    """GGUF is written for the Llama architecture only; a family it would write wrongly is refused, not exported."""
+    cfg = ModelConfig(source="local", name_or_path=str(family_checkpoint(name)))
+    with pytest.raises(GGUFError, match=re.escape(reason)):
+        check_model_supports_gguf(cfg, ["q8_0"])

@@ -179,6 +179,7 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
     method = cfg.get("preference", {}).get("method")
     assert (f"tuned with TRL {method.upper()} on preference pairs, from a fresh adapter" if method else
             "trained with TRL SFT") in card
+    assert ("\npreference:\n" in card) == bool(method)  # no preference settings on an SFT model's card
     exported = json.loads((output_dir / "config.json").read_text())  # the family as it came, tied where it was
     assert exported["architectures"] == [family.model_class]
     assert exported.get("tie_word_embeddings", False) == family.tied

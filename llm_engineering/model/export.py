@@ -90,20 +90,21 @@ def serving_section(base_model: str, config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def training_method(config: dict[str, Any]) -> tuple[str, str]:
-    """(tag, sentence) saying how the adapter was trained, from the run's resolved config."""
-    preference = config.get("preference") or {}
-    if not preference:
-        return "sft", "trained with TRL SFT"
-    method = preference.get("method", "dpo")
-    start = preference.get("start_adapter")
+def training_method(method: str, config: dict[str, Any]) -> str:
+    """How the adapter was trained, said in the card: `method` is sft, or the preference method of the run."""
+    if method == "sft":
+        return "trained with TRL SFT"
+    start = (config.get("preference") or {}).get("start_adapter")
     origin = f", starting from the adapter `{start}`" if start else ", from a fresh adapter"
-    return method, f"tuned with TRL {method.upper()} on preference pairs{origin}"
+    return f"tuned with TRL {method.upper()} on preference pairs{origin}"
 
 
-def model_card(base_model: str, data: dict[str, Any], config: dict[str, Any], metrics: dict[str, float]) -> str:
+def model_card(base_model: str, data: dict[str, Any], config: dict[str, Any], metrics: dict[str, float],
+               method: str = "sft") -> str:
     rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items()))
-    tag, how = training_method(config)
+    tag, how = method, training_method(method, config)
+    if method == "sft":  # the schema's preference defaults played no part in an SFT run
+        config = {k: v for k, v in config.items() if k != "preference"}
     return f"""---
 base_model: {base_model}
 library_name: transformers
