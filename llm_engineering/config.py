@@ -168,7 +168,8 @@ class ModelConfig(_Section):
     # flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
     trust_remote_code: bool = False
-    # "tokenizer" (its own), a built-in (chatml, llama-3, mistral, alpaca) or a Jinja file; the export ships it
+    # "tokenizer" (its own), a built-in (chatml, chatml-tools, llama-3, mistral, mistral-v3, alpaca, gemma, qwen3,
+    # phi-3) or a Jinja file; the export ships it
     chat_template: str = "tokenizer"
     allow_pickle_weights: bool = Field(False, description="load pickled .bin weights (runs code from the file)")
     quantization: QuantizationConfig = QuantizationConfig()

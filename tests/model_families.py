@@ -24,32 +24,6 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, LAYERS = 64, 4, 2, 16, 128, 2
 SIZE = dict(hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, intermediate_size=INTER,
             num_hidden_layers=LAYERS, max_position_embeddings=512)
 
-GEMMA = (  # Gemma 3's: the system turn folded into the first user turn, the assistant called "model"
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
-    "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
-    "{% for m in turns %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim + '<end_of_turn>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
-)
-QWEN3 = (  # Qwen3's: the answer after the last user turn carries its (here empty) reasoning in a <think> block
-    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns_last = loop.index0 %}{% endif %}{% endfor %}"
-    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
-    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
-    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-MISTRAL = (  # Mistral v0.3's: the system turn joins the last user turn (v0.1's refuses one: the built-in mistral)
-    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
-    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
-    "{% set last_user = namespace(i=-1) %}{% for m in turns %}{% if m['role'] == 'user' %}"
-    "{% set last_user.i = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in turns %}"
-    "{% if m['role'] == 'user' %}{{ '[INST] ' + (system + '\\n\\n' if system and loop.index0 == last_user.i else '')"
-    " + m['content'] + '[/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
-)
-PHI3 = (  # Phi-3's: every turn closed by <|end|>, and the text by the EOS when no answer is asked for
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -58,7 +32,7 @@ class Family:
     model_class: str  # in transformers
     config_class: str
     traits: dict
-    chat_template: str  # a built-in name of llm_engineering.data.templates or Jinja text
+    chat_template: str  # the built-in template (llm_engineering.data.templates) in the family's format
     end_of_turn: str  # the token that closes an answer
     special_tokens: tuple = ()  # turn markers the family's tokenizer has as single tokens
     bos: str = "<|im_start|>"
@@ -88,21 +62,21 @@ FAMILIES = {f.name: f for f in [
            bos="<|begin_of_text|>", eos="<|end_of_text|>", end_tokens=("<|eom_id|>", "<|end_of_text|>")),
     Family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=True), "chatml", "<|im_end|>",
            tied=True),
-    Family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", dict(tie_word_embeddings=True, head_dim=HEAD_DIM), QWEN3,
+    Family("qwen3", "Qwen3ForCausalLM", "Qwen3Config", dict(tie_word_embeddings=True, head_dim=HEAD_DIM), "qwen3",
            "<|im_end|>", tied=True),
     Family("gemma2", "Gemma2ForCausalLM", "Gemma2Config",
            dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
                 final_logit_softcapping=30.0, attn_logit_softcapping=50.0, tie_word_embeddings=True),
-           GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+           "gemma", "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
            bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
     Family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig",
            dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
                 tie_word_embeddings=True),
-           GEMMA, "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+           "gemma", "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
            bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
-    Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=16, head_dim=HEAD_DIM), MISTRAL,
+    Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=16, head_dim=HEAD_DIM), "mistral-v3",
            "</s>", special_tokens=("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", sentencepiece=LLAMA_PIECES),
-    Family("phi3", "Phi3ForCausalLM", "Phi3Config", dict(original_max_position_embeddings=512), PHI3, "<|end|>",
+    Family("phi3", "Phi3ForCausalLM", "Phi3Config", dict(original_max_position_embeddings=512), "phi-3", "<|end|>",
            special_tokens=("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
            bos="<s>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",), sentencepiece=LLAMA_PIECES,
            attention=("o_proj", "qkv_proj"), mlp=("down_proj", "gate_up_proj")),
@@ -128,7 +102,7 @@ def build_family_checkpoint(family: Family, directory: Path, seed: int = 0) -> P
         tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
         tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)})
     tokenizer.bos_token, tokenizer.eos_token = family.bos, family.eos
-    tokenizer.chat_template = BUILT_IN.get(family.chat_template, family.chat_template)
+    tokenizer.chat_template = BUILT_IN[family.chat_template]
     ids = tokenizer.convert_tokens_to_ids
     config = getattr(transformers, family.config_class)(
         vocab_size=len(tokenizer), bos_token_id=ids(family.bos), eos_token_id=ids(family.eos),

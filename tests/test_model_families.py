@@ -147,3 +147,40 @@ def test_an_adapter_on_a_tied_head_merges_exports_and_reloads_as_the_adapter_mod
     assert tied == ("lm_head.weight" not in safetensors_keys(export))  # saved once when tied, twice when not
     if tied:
         assert torch.equal(reloaded.get_input_embeddings().weight, reloaded.get_output_embeddings().weight)
+
+
+# Templates that render an earlier turn differently once later turns follow, as the families' own do: Qwen3 drops the
+# <think> block from answers before the last user turn, Mistral v0.3 moves the system prompt into the last user
+# turn. Their assistant tokens cannot be located turn by turn, so a multi-turn row is refused with its reason (not
+# trained with a wrong mask); single-turn rows train as usual.
+MOVING_TEMPLATES = {"qwen3", "mistral"}
+PHI3_OWN = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}")
+
+
+def test_phi3s_own_template_which_ends_the_text_with_its_eos_stops_at_end(family_checkpoint, tmp_path):
+    """The end of turn is <|end|>, the first token after the answer, not the two tokens that close the text."""
+    (tmp_path / "phi3.jinja").write_text(PHI3_OWN)
+    tokenizer = load_tokenizer(model_cfg(family_checkpoint("phi3"), chat_template=str(tmp_path / "phi3.jinja")))
+    assert tokenizer.eos_token == "<|end|>"
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_familys_template_trains_only_the_answers_each_closed_by_its_end_of_turn(name, family_checkpoint):
+    from llm_engineering.data.tokenization import tokenize_rows
+    from tests.test_masking_and_packing import trained_text
+
+    family = FAMILIES[name]
+    tokenizer = load_tokenizer(model_cfg(family_checkpoint(name)))
+    [answer] = trained_text(tokenizer, {"messages": [*CONVERSATION[:2], {"role": "assistant", "content": "Yes."}]})
+    assert answer.strip().endswith("Yes." + family.end_of_turn) and "Café" not in answer, answer
+    row = {"messages": [*CONVERSATION[:2], {"role": "assistant", "content": "First answer."},
+                        {"role": "user", "content": "And on Sunday?"}, {"role": "assistant", "content": "Second answer."}]}
+    if name in MOVING_TEMPLATES:
+        [refused] = tokenize_rows([row], tokenizer, "assistant", 512, False)
+        assert refused.input_ids is None and "renders turn 4 differently once later turns are added" in refused.problem
+        return
+    spans = trained_text(tokenizer, row)
+    assert len(spans) == 2 and all(span.endswith(family.end_of_turn) for span in spans), spans
+    assert spans[0].strip().startswith("First answer.") and "Second answer." in spans[1], spans
+    assert not any("Sunday" in span or "Café" in span for span in spans)  # the user's turns are not trained

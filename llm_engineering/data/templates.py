@@ -60,7 +60,34 @@ CHATML_TOOLS = (
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-BUILT_IN = {"chatml": CHATML, "chatml-tools": CHATML_TOOLS, "llama-3": LLAMA_3, "mistral": MISTRAL, "alpaca": ALPACA}
+GEMMA = (  # Gemma 3's: the system turn folded into the first user turn, the assistant called "model"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + m['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+QWEN3 = (  # Qwen3's: the answer after the last user turn carries its (here empty) reasoning in a <think> block
+    "{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MISTRAL_V3 = (  # Mistral v0.3's: the system turn joins the last user turn (v0.1's refuses one: the built-in mistral)
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% set last_user = namespace(i=-1) %}{% for m in turns %}{% if m['role'] == 'user' %}"
+    "{% set last_user.i = loop.index0 %}{% endif %}{% endfor %}{{ bos_token }}{% for m in turns %}"
+    "{% if m['role'] == 'user' %}{{ '[INST] ' + (system + '\\n\\n' if system and loop.index0 == last_user.i else '')"
+    " + m['content'] + '[/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+PHI3 = (  # Phi-3's turns, closed by <|end|>; Phi-3's own template also ends an unanswered text with the EOS, which
+    # would move as turns are added (multi-turn rows refused) and follow <|end|> in every trained answer
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+BUILT_IN = {"chatml": CHATML, "chatml-tools": CHATML_TOOLS, "llama-3": LLAMA_3, "mistral": MISTRAL,
+            "mistral-v3": MISTRAL_V3, "alpaca": ALPACA, "gemma": GEMMA, "qwen3": QWEN3, "phi-3": PHI3}
 PROBE = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
 
 
