@@ -11,13 +11,14 @@ from safetensors import safe_open
 
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, ModelConfig, QuantizationConfig, TrainConfig
 from llm_engineering.data.prepare import prepare
-from llm_engineering.data.templates import render
+from llm_engineering.data.templates import render, row_text
 from llm_engineering.model.adapter import inject_adapter, resolve_target_modules, save_adapter
 from llm_engineering.model.export import verify_export, write_export
 from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
 from llm_engineering.model.merge import merge_adapter
 from llm_engineering.model.training import train_adapter
 from tests.model_families import FAMILIES, family_attention
+from tests.test_streamed_merge import read_all
 
 TRAIN = TrainConfig(learning_rate=5e-3, max_steps=2, per_device_batch_size=4, logging_steps=1, eval_steps=2,
                     max_length=256, mixed_precision="no")
@@ -83,11 +84,10 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
     assert report.top1_agreement == 1.0 and report.max_abs_logit_diff <= 1e-4
     merge_adapter(qlora, merge.model_copy(update={"method": "streamed", "max_logit_diff": 1.0}),
                   tmp_path / "adapter", split.eval, tmp_path / "streamed")
-    for key in safetensors_keys(tmp_path / "in_memory"):
-        with safe_open(tmp_path / "in_memory" / "model.safetensors", "pt") as a, \
-                safe_open(tmp_path / "streamed" / "model.safetensors", "pt") as b:
-            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
-    assert safetensors_keys(tmp_path / "in_memory") == safetensors_keys(tmp_path / "streamed")
+    in_memory, streamed = read_all(tmp_path / "in_memory"), read_all(tmp_path / "streamed")
+    assert in_memory.keys() == streamed.keys()
+    for key in in_memory:
+        assert torch.equal(in_memory[key], streamed[key]), key
 
     # exported: plain transformers reloads it with the merged model's logits, tied where the base was tied
     from transformers import AutoModelForCausalLM
@@ -139,8 +139,8 @@ def test_an_adapter_on_a_tied_head_merges_exports_and_reloads_as_the_adapter_mod
     export = write_export(merged, tokenizer, tmp_path / "export", "card")
     reloaded, _, _ = verify_export(export, merged, rows)
     adapter_model = PeftModel.from_pretrained(load_model(cfg), str(tmp_path / "adapter")).eval()
-    batch = tokenizer([r["text"] if "text" in r else render(tokenizer, r["messages"]) for r in rows],
-                      return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer([row_text(tokenizer, r) for r in rows], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
     with torch.no_grad():
         assert torch.allclose(adapter_model(**batch).logits, reloaded(**batch).logits, atol=1e-4)
     tied = json.loads((export / "config.json").read_text()).get("tie_word_embeddings", False)

@@ -169,9 +169,7 @@ def load_model(cfg: ModelConfig, *, quantize: bool = True, dtype: Optional[str] 
 def loading_attention(cfg: ModelConfig) -> Optional[str]:
     """The implementation to load with: None lets transformers pick what the family supports (sdpa, else eager);
     flex attention is switched on for training only (training.flex_attention_while_training)."""
-    if cfg.attn_implementation == "auto":
-        return None
-    return None if cfg.attn_implementation == "flex_attention" else cfg.attn_implementation
+    return None if cfg.attn_implementation in ("auto", "flex_attention") else cfg.attn_implementation
 
 
 def weights_sha256(location: str) -> Optional[str]:
