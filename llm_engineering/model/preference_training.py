@@ -19,6 +19,7 @@ from typing import Optional
 
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
 from llm_engineering.model.adapter import attach_adapter, prepare_for_training, save_adapter
+from llm_engineering.model.heap import heap_kept
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
 from llm_engineering.model.progress import use_console_progress
 from llm_engineering.model.training import (
@@ -123,7 +124,7 @@ def train_preference(
         trainer = build_trainer(model, tokenizer, pref, args, train_rows, eval_rows, callbacks)
         use_console_progress(trainer)
         start = time.perf_counter()
-        with out_of_memory_advice(model_cfg, adapter_cfg, cfg):
+        with out_of_memory_advice(model_cfg, adapter_cfg, cfg), heap_kept(on_cpu=model.device.type == "cpu"):
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
