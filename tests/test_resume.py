@@ -83,4 +83,4 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_c
 
 def test_killed_dpo_resumes_from_its_last_checkpoint_with_the_same_reference(tmp_path, tiny_model_cfg):
     # the reference is TRL's copy of the start adapter: a resumed run must not take the checkpoint's policy for it
-    kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1}, steps=12, every=4)
+    kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1}, steps=8, every=4)
