@@ -1,8 +1,10 @@
 """The pipeline on an object-store artifact store, for real: moto's S3 API server on loopback, ZenML's S3 artifact
 store pointed at it (credentials in a ZenML secret), the stack registered as a user does (`zenml secret create`, then
 `python -m llm_engineering.orchestration.stack --s3 ...`). A training process group SIGKILLed mid-run (a preempted
-spot machine) resumes on rerun from the checkpoint it left in the bucket
-and ends with the model an uninterrupted run gives."""
+spot machine) resumes on rerun from the checkpoint it left in the bucket, says so on the console and in MLflow, and
+ends with the model an uninterrupted run gives. (The one pipeline-level kill and resume: a local artifact store's
+checkpoints are the default run's, tests/test_default_pipeline.py; kill and resume of training itself, SFT and DPO,
+are tests/test_resume.py's.)"""
 
 import os
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,6 +101,10 @@ def test_a_run_preempted_mid_training_on_s3_resumes_from_the_bucket_and_its_arti
     assert 5 <= resumed < 40 and resumed % 5 == 0
     assert {n: steps[n].status for n in STEPS[:3]} == {n: ExecutionStatus.CACHED for n in STEPS[:3]}
     assert keys(s3, "zenml/sft-checkpoints/") == []  # training finished: its checkpoints are removed
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / '.mlflow' / 'mlflow.db'}")
+    [tracked] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
+                                   f'tags.mlflow.runName = "{run_model.name}"')
+    assert tracked.data.metrics["train_resumed_from_step"] == resumed  # where it resumed, in MLflow too
 
     # every artifact of the run lives in the bucket
     stored = set(keys(s3, "zenml/"))

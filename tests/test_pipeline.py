@@ -1,8 +1,8 @@
 """Integration: the pipeline's failure paths through real ZenML (local orchestrator, SQL store) and real MLflow (SQLite
 tracking store, model registry), on the tiny model, in the session's shared repository: a bad config, a failed step
-and its rerun, an identical rerun, a killed run and its resume, bad preference input. What a successful run shows
-(console, steps, MLflow, registry, UIs, cached rerun, DPO from the champion) is checked on the real default run:
-tests/test_default_pipeline.py."""
+and its rerun, an identical rerun, bad preference input. A killed run and its resume: tests/test_object_store.py.
+What a successful run shows (console, steps, MLflow, registry, UIs, cached rerun, DPO from the champion) is checked
+on the real default run: tests/test_default_pipeline.py."""
 
 import json
 import os
@@ -110,45 +110,6 @@ def test_an_identical_rerun_takes_every_step_from_the_cache_but_exports_again(re
     assert {name: steps[name].status for name in STEPS[:-1]} == {name: ExecutionStatus.CACHED for name in STEPS[:-1]}
     assert steps["export_model"].status == ExecutionStatus.COMPLETED
     assert (root / "outputs" / "tiny-retry" / "SHA256SUMS").is_file()
-
-
-def test_a_pipeline_killed_mid_training_resumes_on_rerun(repo, tiny_model_dir, monkeypatch):
-    import signal
-    import subprocess
-    import time
-
-    from llm_engineering.model.training import last_checkpoint
-    from tests.pipeline_helpers import ZENML
-
-    root, uri = repo
-    parameters = tiny_parameters(tiny_model_dir, learning_rate=3e-3)
-    parameters["train"].update(max_steps=40, checkpoint_steps=5, eval_steps=40)
-    parameters["export"] = {"output_dir": "outputs/tiny-resume", "registered_model_name": "tiny-resume"}
-    config = write_config(root / "resume.yaml", parameters)
-    monkeypatch.chdir(root)
-    checkpoints = Path(Client().active_stack.artifact_store.path) / "sft-checkpoints"
-
-    child = subprocess.Popen([ZENML, "pipeline", "run", "pipelines.finetune.finetune", "--config", str(config)],
-                             cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while time.time() < deadline and child.poll() is None and not any(
-            last_checkpoint(d) for d in (checkpoints.iterdir() if checkpoints.is_dir() else [])):
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)  # the whole process group, no clean-up: a preempted machine
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
-
-    rerun = run_pipeline(root, config)  # the CLI again: its console says where training resumed
-    assert rerun.returncode == 0, rerun.stderr[-5000:]
-    assert "Resuming training from" in rerun.stdout + rerun.stderr
-    steps = latest_run().steps
-    resumed = steps["train_sft"].run_metadata["train_resumed_from_step"]
-    assert 5 <= resumed < 40 and resumed % 5 == 0
-    assert {n: steps[n].status for n in STEPS[:3]} == {n: ExecutionStatus.CACHED for n in STEPS[:3]}
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    [mlflow_run] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
-                                      f'tags.mlflow.runName = "{latest_run().name}"')
-    assert mlflow_run.data.metrics["train_resumed_from_step"] == resumed
 
 
 def preference_parameters(tiny_model_dir, start_adapter) -> dict:
