@@ -286,7 +286,7 @@ def serving_sample(model, tokenizer, rows: list[dict], max_tokens: int) -> Optio
     """The exported model's own greedy answer to the first chat prompt among `rows`, as a chat request to the served
     model would ask it: what `mlflow models serve` of this version must answer (None: no chat rows)."""
     from llm_engineering.data.formats import chat_messages
-    from llm_engineering.evaluation.generation import generate
+    from llm_engineering.model.generation import generate
 
     row = next((r for r in rows if r.get("messages") and not r.get("tools")), None)
     if row is None:

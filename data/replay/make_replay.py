@@ -2,17 +2,18 @@
 on one narrow task keeps answering everything else as the base model did (a known remedy for catastrophic
 forgetting). Generated once per base model and kept as a JSONL file that a `data.sources` entry names:
 
-    python -m llm_engineering.data.replay --out data/replay/smollm2-135m-instruct.jsonl
+    python data/replay/make_replay.py --out data/replay/smollm2-135m-instruct.jsonl
 
 For preference tuning the same rows become pairs (no model needed): the base model's answer chosen, a booking record
 rejected, which is what a model tuned on booking pairs alone answers to everything:
 
-    python -m llm_engineering.data.replay --pairs-from data/replay/smollm2-135m-instruct.jsonl \
+    python data/replay/make_replay.py --pairs-from data/replay/smollm2-135m-instruct.jsonl \
         --out data/replay/smollm2-135m-instruct-pairs.jsonl
 
 The prompts are general chat requests, none of them a regression probe (llm_engineering/evaluation/probes.jsonl), so
 the probes stay a test the fine-tune has not seen. Only answers that ended on their own (EOS) are kept: a cut-off
-answer trained with an end-of-turn would teach the model to stop mid-sentence.
+answer trained with an end-of-turn would teach the model to stop mid-sentence. A maker of data files, beside them (as
+data/samples/make_*.py), not part of the library the data stage imports.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ PROMPTS = [
 
 def replay_rows(model, tokenizer, prompts: list[str], max_new_tokens: int = 160, batch_size: int = 16) -> list[dict]:
     """`messages` rows of each prompt and the model's greedy answer (only answers that ended by themselves)."""
-    from llm_engineering.evaluation.generation import generate
+    from llm_engineering.model.generation import generate
 
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     answers = generate(model, tokenizer, conversations, max_new_tokens, batch_size)
