@@ -143,10 +143,14 @@ SLOW_WITHOUT_PIPELINE = (
 )
 
 
-# The longest files first (bench/results/test_durations_after.txt), so that `make test`'s two workers, which take a
-# file at a time in this order, do not end on one long file alone; cron's test mostly waits for the minute.
-LONGEST_FIRST = ("tests/test_default_pipeline.py", "tests/test_system_cron.py", "tests/test_object_store.py",
-                 "tests/test_resume.py", "tests/test_pipeline.py", "tests/test_shipped_configs.py")
+# The files that take longest first, longest to shortest (bench/results/test_durations_after.txt, summed per file):
+# `make test`'s two workers take a file at a time in this order, so the short files fill in at the end and neither
+# worker finishes on a long one alone.
+LONGEST_FIRST = ("tests/test_default_pipeline.py", "tests/test_shipped_configs.py", "tests/test_object_store.py",
+                 "tests/test_data_parallel.py", "tests/test_pipeline.py", "tests/test_system_cron.py",
+                 "tests/test_resume.py", "tests/test_comet.py", "tests/test_regional_compile.py", "tests/test_gguf.py",
+                 "tests/test_schedules.py", "tests/test_data_pipeline.py", "tests/test_masking_and_packing.py",
+                 "tests/test_preference_training.py", "tests/test_step_operator.py")
 
 
 def pytest_collection_modifyitems(config, items):
