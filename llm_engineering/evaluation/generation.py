@@ -11,8 +11,6 @@ import json
 import re
 from dataclasses import dataclass
 
-import torch
-
 from llm_engineering.data.formats import chat_messages, row_tools
 from llm_engineering.model.generation import generate
 
@@ -94,7 +92,6 @@ SCORERS = {
 }
 
 
-@torch.no_grad()
 def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new_tokens: int, batch_size: int):
     """Score greedy completions of each row's prompt (all turns but the last) against its last assistant turn."""
     prompts = [chat_messages(row["messages"][:-1]) for row in rows]

@@ -4,10 +4,13 @@ maker keeps. Each completion says whether it ended by itself (an end-of-turn or 
 
 from __future__ import annotations
 
+import torch
+
 from llm_engineering.console import Progress
 from llm_engineering.model.loading import padding_side
 
 
+@torch.no_grad()
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int, tools=None):
     """Greedy completions for chat prompts: [(text, stopped_by_eos)]; `tools`: each conversation's tool definitions."""
     tools = tools or [None] * len(conversations)
