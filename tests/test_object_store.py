@@ -121,8 +121,11 @@ def test_a_run_preempted_mid_training_on_s3_resumes_from_the_bucket_and_its_arti
     # from the bucket, and training the same 40 steps uninterrupted gives the model the preempted run ended with
     parameters["train"]["checkpoint_steps"] = None
     parameters["export"]["output_dir"] = "outputs/tiny-s3-uninterrupted"
-    second = run_pipeline(root, write_config(root / "s3-uninterrupted.yaml", parameters))
+    scratch = root / "tmp"  # the run's temporary directory: the models its steps read from the bucket land here
+    scratch.mkdir()
+    second = run_pipeline(root, write_config(root / "s3-uninterrupted.yaml", parameters), env={"TMPDIR": str(scratch)})
     assert second.returncode == 0, second.stderr[-5000:]
+    assert list(scratch.rglob("*.safetensors")) == []  # each step's downloaded copy is gone when the step ends
     steps = Client().get_pipeline("finetune").last_run.steps
     assert {n: steps[n].status for n in STEPS[:3]} == {n: ExecutionStatus.CACHED for n in STEPS[:3]}
     assert steps["train_sft"].status == ExecutionStatus.COMPLETED

@@ -2,7 +2,8 @@
 
 Files are stored as they are: safetensors do not compress, so a tarball (ZenML's Path materializer) would only cost
 time. On a local artifact store loading hands back the stored directory itself (read-only use), so a 270 MB merged
-model is not copied again for every reader; on a remote store it is downloaded once into a temporary directory.
+model is not copied again for every reader; on a remote store it is downloaded once into a temporary directory that
+ZenML removes when the step ends (each reading step of a cloud run used to leave a copy of the model in /tmp).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Dict, Tuple, Type
 
@@ -31,7 +31,8 @@ class CheckpointDirMaterializer(BaseMaterializer):
     def load(self, data_type: Type[Any]) -> CheckpointDir:
         if os.path.isdir(self.uri):
             return CheckpointDir(path=Path(self.uri))
-        local = Path(tempfile.mkdtemp(prefix="checkpoint-"))
+        with self.get_temporary_directory(delete_at_exit=False, delete_after_step_execution=True) as scratch:
+            local = Path(scratch)
         for name in fileio.listdir(self.uri):
             fileio.copy(os.path.join(self.uri, str(name)), str(local / str(name)), overwrite=True)
         return CheckpointDir(path=local, temporary=True)
