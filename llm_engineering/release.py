@@ -20,7 +20,7 @@ from llm_engineering.evaluation import ModelEvaluation, compare
 from llm_engineering.model.export import (
     check_vllm_rank, gguf_metrics, load_exported, model_card, push_to_hub, serving_sample, verify_export, write_export,
 )
-from llm_engineering.promotion import Decision, apply_decision, current_champion, decide
+from llm_engineering.promotion import Decision, apply_decision, current_champion, decide, start_metric
 
 
 @dataclass
@@ -77,7 +77,8 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
         gate = config.promotion
         decision = decide(gate_metric, metrics[gate_metric], champion, gate.margin,
                           config.higher_is_better(gate_metric), regression_drop=metrics.get("regression_drop"),
-                          max_regression=gate.max_regression, eval_fingerprint=tuned.eval_fingerprint)
+                          max_regression=gate.max_regression, eval_fingerprint=tuned.eval_fingerprint,
+                          start=metrics.get(start_metric(gate_metric)) if start_evaluation else None)
         apply_decision(registry_name, registered["version"], decision, tuned.eval_fingerprint)
         tracking.log_dict(decision.as_dict(), "promotion.json")
         tracking.log_metrics({"promotion_promoted": float(decision.promoted)})

@@ -391,7 +391,8 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
     assert done.returncode == 0, console[-5000:]
     assert re.search(r"preference training done in .* 2 steps, loss [\d.]+ -> [\d.]+, held-out reward accuracy "
                      r"[\d.]+", console), console[-3000:]
-    assert re.search(rf"json_exact_match [\d.]+ -> [\d.]+ -> [\d.]+, .*{NAME}-dpo v1 @champion", console)
+    result = re.search(rf"json_exact_match [\d.]+ -> ([\d.]+) -> ([\d.]+), .*{NAME}-dpo v1 @(\w+)", console)
+    assert result, console[-3000:]
 
     run = Client().get_pipeline("preference").last_run
     assert set(run.steps) == PREFERENCE_STEPS  # no fresh adapter: it starts from the champion's
@@ -417,7 +418,15 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
                                                                 artifact_path="eval_samples.json",
                                                                 tracking_uri=uri)).read_text())
     assert {"base_output", "start_output", "finetuned_output"} <= set(table["columns"])
-    assert str(client.get_model_version_by_alias(f"{NAME}-dpo", "champion").version) == "1"
+    # the gate compared the DPO model with the SFT champion it started from, scored on the same rows
+    decision = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=tracked.info.run_id,
+                                                                   artifact_path="promotion.json",
+                                                                   tracking_uri=uri)).read_text())
+    assert decision["start"] == tracked.data.metrics["start_json_exact_match"] == float(result.group(1))
+    alias = "challenger" if decision["candidate"] < decision["start"] else "champion"
+    assert result.group(3) == decision["alias"] == alias
+    assert ("worse than the" in decision["reason"]) == (alias == "challenger")
+    assert str(client.get_model_version_by_alias(f"{NAME}-dpo", alias).version) == "1"
     card = (Path(run.steps["export_model"].run_metadata["export_dir"]) / "README.md").read_text()
     assert "tags: [lora, dpo, llm_engineering]" in card  # the card says how this model was made, not SFT
     assert f"tuned with TRL DPO on preference pairs, starting from the adapter `models:/{NAME}@champion`" in card

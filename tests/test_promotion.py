@@ -129,3 +129,25 @@ def test_only_a_missing_model_or_alias_means_no_champion_and_a_registry_that_can
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     with pytest.raises(MlflowException):  # nothing listens on port 9: the server is down, not "no champion"
         current_champion("booking", "m", tracking_uri="http://127.0.0.1:9")
+
+
+def test_a_preference_run_worse_than_the_model_it_started_from_is_never_champion(registry):
+    """A DPO run registered under its own name has no champion to beat: the model it started from is the bar."""
+    uri, client, register = registry
+    worse = register(finetuned_json_exact_match=0.825, start_json_exact_match=0.9)
+    decision = gate_registered_version("booking", worse, "finetuned_json_exact_match", 0.825, 0.0, tracking_uri=uri,
+                                       start=0.9)
+    assert (decision.promoted, decision.alias, alias_of(client, "challenger")) == (False, "challenger", worse)
+    assert decision.reason.startswith("finetuned_json_exact_match 0.825 is worse than the 0.9 of the model this run "
+                                      "started from")
+    with pytest.raises(mlflow.exceptions.MlflowException):  # no champion was made
+        alias_of(client, "champion")
+
+    kept = register(finetuned_json_exact_match=0.9, start_json_exact_match=0.9)
+    decision = gate_registered_version("booking", kept, "finetuned_json_exact_match", 0.9, 0.0, tracking_uri=uri,
+                                       start=0.9)
+    assert (decision.promoted, alias_of(client, "champion")) == (True, kept)
+    assert (decision.reason, decision.start) == ("no champion yet; the start model scored 0.9", 0.9)
+    # lower-is-better metrics compare the other way
+    assert not decide("finetuned_perplexity", 3.1, None, 0.0, higher_is_better=False, start=3.0).promoted
+    assert decide("finetuned_perplexity", 2.9, None, 0.0, higher_is_better=False, start=3.0).promoted
