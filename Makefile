@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser cron setup run dpo orpo test test-fast ui dashboard serve clean
+.PHONY: install browser cron setup run dpo orpo test test-fast ui dashboard serve docs clean
 
 install: $(VENV)/.installed
 
@@ -42,7 +42,11 @@ setup: install
 run: setup
 	$(BIN)/zenml pipeline run pipelines.finetune.finetune --config configs/default.yaml
 
-# Preference tuning (README: Preference tuning): DPO from `make run`'s registered champion; ORPO from scratch.
+# The docs site (mkdocs.yml, docs/) on http://127.0.0.1:8000
+docs: install
+	$(BIN)/mkdocs serve
+
+# Preference tuning (docs/preference.md): DPO from `make run`'s registered champion; ORPO from scratch.
 dpo: setup
 	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/dpo.yaml
 
@@ -67,7 +71,7 @@ DASHBOARD_PORT ?= 8237
 dashboard: setup
 	$(BIN)/python -m llm_engineering.orchestration.dashboard --port $(DASHBOARD_PORT)
 
-# The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see the README). MLflow starts
+# The registry's champion as an OpenAI-style chat endpoint (POST /invocations, see docs/serving.md). MLflow starts
 # `uvicorn` from PATH, hence the venv's bin first.
 MODEL ?= smollm2-booking
 PORT  ?= 5001

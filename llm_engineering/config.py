@@ -34,6 +34,7 @@ CANONICAL_COLUMNS = {"messages", "conversations", "instruction", "input", "outpu
 class _SourceKeys(_Section):
     """Where rows come from and how to read them: the keys a `data.sources` entry and the data section share."""
 
+    # where rows come from: the built-in task, local files or a hub dataset
     source: Literal["synthetic", "file", "hub"] = "synthetic"
     task: Literal["booking", "booking_preference"] = Field(
         "booking", description="source=synthetic: the booking task as chat rows, or as preference pairs (the right "
@@ -41,9 +42,9 @@ class _SourceKeys(_Section):
     path: Optional[str] = Field(None, description="a JSONL/JSON/CSV/Parquet file (optionally .gz/.zst), a directory "
                                                   "or a glob of them (source=file)")
     hub_id: Optional[str] = Field(None, description="Hugging Face dataset id (source=hub)")
-    hub_config: Optional[str] = None
-    hub_split: str = "train"
-    hub_revision: Optional[str] = None
+    hub_config: Optional[str] = None  # hub: the dataset's configuration (subset) name
+    hub_split: str = "train"  # hub: the split to read
+    hub_revision: Optional[str] = None  # hub: a branch, tag or commit; pin one for reproducible data
     streaming: bool = Field(False, description="hub: read an IterableDataset and take max_rows rows, no full download")
     format: DATA_FORMATS = Field("auto", description="auto: detected from the columns of the first row")
     columns: dict[str, str] = Field({}, description="canonical field -> this dataset's column, e.g. "
@@ -102,7 +103,7 @@ class DataConfig(_SourceKeys):
     max_rows: Optional[int] = Field(None, gt=0, description="keep at most this many rows (after shuffling)")
     eval_rows: int = Field(40, gt=0, description="held-out rows for evaluation")
     num_proc: Optional[int] = Field(None, gt=0, description="processes for the batched map (default: the cores)")
-    seed: int = 42
+    seed: int = 42  # the shuffle, the eval split and the synthetic rows
 
     @model_validator(mode="after")
     def _sources_are_usable(self) -> "DataConfig":
@@ -138,10 +139,10 @@ class DataConfig(_SourceKeys):
 class QuantizationConfig(_Section):
     """bitsandbytes quantization of the frozen base weights (QLoRA when 4-bit)."""
 
-    method: Literal["none", "4bit", "8bit"] = "none"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: ComputeDtype = "auto"
+    method: Literal["none", "4bit", "8bit"] = "none"  # bitsandbytes quantization of the base model (CPU and CUDA)
+    quant_type: Literal["nf4", "fp4"] = "nf4"  # 4bit: NF4 (QLoRA's) or FP4
+    double_quant: bool = True  # 4bit: quantize the quantization constants too
+    compute_dtype: ComputeDtype = "auto"  # 4bit: the dtype the matmuls run in
     # Storage dtype of the packed 4-bit weights: uint8 by default; the compute dtype for FSDP-sharded QLoRA.
     quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
 
@@ -150,24 +151,27 @@ class TokenizerConfig(_Section):
     """What the dataset step needs of the model section: where the tokenizer is and which chat template to use (so
     changing quantization or dtype leaves the dataset step cached)."""
 
-    source: Literal["embedded", "local", "hub"] = "embedded"
+    source: Literal["embedded", "local", "hub"] = "embedded"  # where the tokenizer comes from (as model.source)
     name_or_path: Optional[str] = None
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
+    revision: Optional[str] = None  # hub: a branch, tag or commit
+    trust_remote_code: bool = False  # run the repository's own Python code; off unless set
     chat_template: str = "tokenizer"
     allow_pickle_weights: bool = False  # a local checkpoint is checked the same way as for the model
 
 
 class ModelConfig(_Section):
+    """The base model: where it comes from, its dtype, attention, chat template and bitsandbytes quantization."""
+
+    # the embedded SmolLM2-135M-Instruct, a local checkpoint or a hub id
     source: Literal["embedded", "local", "hub"] = "embedded"
     name_or_path: Optional[str] = Field(None, description="local checkpoint dir (local) or hub model id (hub)")
-    revision: Optional[str] = None
+    revision: Optional[str] = None  # hub: a branch, tag or commit; pin one for reproducible runs
     dtype: ComputeDtype = Field("auto", description="dtype of the unquantized weights (auto: bfloat16 where it is "
                                                      "native, else float32)")
     # auto: what the model's family supports (sdpa, or eager for Gemma 2's soft-capping). flex_attention (CUDA) and
     # flash_attention_2 (CUDA, flash-attn wheel) keep packed rows apart without an L x L mask
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own Python code; off unless set (logged as a warning)
     # "tokenizer" (its own), a built-in (chatml, chatml-tools, llama-3, mistral, mistral-v3, alpaca, gemma, qwen3,
     # phi-3) or a Jinja file; the export ships it
     chat_template: str = "tokenizer"
@@ -191,21 +195,21 @@ TARGET_PRESETS = ("all-linear", "all", "attention", "mlp")
 class AdapterConfig(_Section):
     """PEFT LoRA settings. Defaults follow FastChat's LoraArguments."""
 
-    r: int = Field(8, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    bias: Literal["none", "all", "lora_only"] = "none"
+    r: int = Field(8, gt=0)  # LoRA rank
+    alpha: int = Field(16, gt=0)  # LoRA scaling numerator: the update is scaled by alpha / r
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)  # dropout on the LoRA input
+    bias: Literal["none", "all", "lora_only"] = "none"  # which biases train with the adapter
     # A list of module names, a preset (all-linear = all, attention, mlp), or one regex matched against full names.
     target_modules: Union[list[str], str] = ["q_proj", "v_proj"]
     modules_to_save: Optional[list[str]] = Field(None, description="modules trained in full and saved (e.g. lm_head)")
     layers_to_transform: Optional[list[int]] = Field(None, description="only these layer indices get adapters")
-    use_rslora: bool = False
-    use_dora: bool = False
+    use_rslora: bool = False  # scale by alpha / sqrt(r) (rank-stabilized LoRA)
+    use_dora: bool = False  # weight-decomposed LoRA (DoRA)
     # default (A Kaiming, B zero), gaussian, pissa / pissa_niter_N (principal singular vectors; trains against the
     # residual base, exported as a plain LoRA), loftq (offsets the 4-bit quantization error of a QLoRA base)
     init_lora_weights: str = Field("default", pattern=r"^(default|gaussian|pissa|pissa_niter_\d+|loftq)$")
-    gradient_checkpointing: bool = False
-    seed: int = 42
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    seed: int = 42  # the adapter's initialisation
 
     @model_validator(mode="after")
     def _targets_are_usable(self) -> "AdapterConfig":
@@ -229,14 +233,16 @@ class AdapterConfig(_Section):
 class TrainConfig(_Section):
     """TRL SFT hyperparameters. Changing only these reuses the cached dataset and model steps."""
 
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)  # peak learning rate of the schedule
     max_steps: Optional[int] = Field(60, gt=0, description="optimizer steps; null to train for num_epochs instead")
     num_epochs: float = Field(1.0, gt=0, description="passes over the training rows when max_steps is null")
-    per_device_batch_size: int = Field(8, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
+    per_device_batch_size: int = Field(8, gt=0)  # rows per step on each process
+    gradient_accumulation_steps: int = Field(1, gt=0)  # steps whose gradients are summed before an optimizer step
+    # learning-rate schedule after the warm-up
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)  # share of the steps spent warming the learning rate up
+    weight_decay: float = Field(0.0, ge=0.0)  # AdamW weight decay
+    # tokens per row (with the template); longer rows are invalid unless data.truncate
     max_length: int = Field(512, gt=0)
     packing: bool = Field(False, description="pack rows into max_length sequences, no attention across rows")
     # Data parallel (DDP): torchrun starts this many training processes, one per GPU on CUDA (NCCL), gloo processes
@@ -256,10 +262,11 @@ class TrainConfig(_Section):
     # weights and drops every update below bf16's resolution (2^-8 relative) as the learning rate decays. float32
     # keeps them (and their optimizer state) in fp32, as PEFT does for unquantized models; they are cast per matmul.
     adapter_dtype: Literal["float32", "bfloat16"] = "float32"
-    logging_steps: int = Field(5, gt=0)
-    eval_steps: int = Field(20, gt=0)
+    logging_steps: int = Field(5, gt=0)  # steps between loss / learning-rate / tokens-per-second points in MLflow
+    eval_steps: int = Field(20, gt=0)  # steps between held-out loss evaluations
+    # auto: bf16 where the hardware computes it natively (CUDA, AVX-512 BF16 / AMX CPUs), else fp32
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
-    seed: int = 42
+    seed: int = 42  # data order and dropout
     # Preemption safety: a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N steps, in a
     # durable directory tied to this training's inputs; rerunning the same config resumes from the last one.
     checkpoint_steps: Optional[int] = Field(None, gt=0, description="checkpoint every N steps; null: no checkpoints")
@@ -298,15 +305,17 @@ def unwritable_gguf_types(types) -> Optional[str]:
 
 
 class ExportConfig(_Section):
-    output_dir: str = "outputs/model"
-    overwrite: bool = True
+    """The servable model: where it is written, what ships beside it (adapter, GGUF), where it is registered."""
+
+    output_dir: str = "outputs/model"  # where the servable model is written
+    overwrite: bool = True  # replace an existing export (atomically) instead of failing
     max_shard_size: str = Field("5GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|KiB|MiB|GiB)$",
                                 description="largest safetensors shard, e.g. 500MB, 5GB")
     include_adapter: bool = Field(True, description="also export the adapter alone under adapter/")
     verify_prompts: int = Field(4, gt=0, description="eval prompts whose logits the reloaded export must reproduce")
     push_to_hub: Optional[str] = Field(None, description="Hugging Face repo id to upload the verified export to; "
                                                          "the token comes from the HF_TOKEN environment variable")
-    hub_private: bool = True
+    hub_private: bool = True  # push_to_hub: create the hub repository private
     gguf: list[str] = Field(default_factory=list, description="also write model-<type>.gguf (and an Ollama "
                                                                 "Modelfile) for llama.cpp/Ollama: f16, q8_0")
     chat_max_tokens: int = Field(256, gt=0, description="max_tokens of a chat request to the served model that "
@@ -338,8 +347,8 @@ class RegressionConfig(_Section):
     builtin: bool = Field(True, description="the shipped probe set: short general questions the embedded base "
                                             "model answers correctly")
     file: Optional[str] = Field(None, description="your own probe file (any supported chat format), added to the set")
-    metric: Literal[GENERATION_METRICS] = "contains"
-    max_new_tokens: int = Field(32, gt=0)
+    metric: Literal[GENERATION_METRICS] = "contains"  # how each probe's answer is scored
+    max_new_tokens: int = Field(32, gt=0)  # tokens generated per probe
 
     @property
     def enabled(self) -> bool:
@@ -354,17 +363,18 @@ class HarnessConfig(_Section):
                                                                "(they download from the hub), or local tasks")
     include_path: Optional[str] = Field(None, description="a directory of your own task YAMLs (local data files)")
     limit: Optional[int] = Field(None, gt=0, description="score at most this many documents per task")
+    # harness: few-shot examples per question (the task's default if null)
     num_fewshot: Optional[int] = Field(None, ge=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0)  # harness: requests per batch
 
 
 class EvalConfig(_Section):
     """Base vs fine-tuned on held-out rows (or `eval_file`): a task metric from greedy generation, perplexity, and the
     regression probes."""
 
-    max_rows: int = Field(40, gt=0)
-    max_new_tokens: int = Field(64, gt=0)
-    batch_size: int = Field(20, gt=0)
+    max_rows: int = Field(40, gt=0)  # task rows generated and scored per model
+    max_new_tokens: int = Field(64, gt=0)  # tokens generated per eval row
+    batch_size: int = Field(20, gt=0)  # eval rows generated at once
     metric: Literal[("auto",) + GENERATION_METRICS + ("perplexity",)] = Field(
         "auto", description="auto: perplexity for plain-text data, json_exact_match for the synthetic task, rouge_l "
                             "for other chat data")
@@ -404,7 +414,7 @@ class PreferenceConfig(_Section):
     reference (TRL copies it into a second adapter, so there is no second model), or ORPO (no reference). Learning
     rate, steps, batch size, max_length and checkpoints come from `train`."""
 
-    method: Literal["dpo", "orpo"] = "dpo"
+    method: Literal["dpo", "orpo"] = "dpo"  # dpo (from a start adapter or a fresh one) or orpo (no reference model)
     beta: float = Field(0.1, gt=0, description="dpo: how far from the reference the policy may move (lower: "
                                                "further); orpo: the weight of the odds-ratio term (lambda)")
     loss_type: DPO_LOSSES = Field("sigmoid", description="dpo's loss (sigmoid: the DPO paper's; ipo, hinge, ...)")
