@@ -95,7 +95,7 @@ class DataConfig(_SourceKeys):
     on_invalid: Literal["error", "skip"] = Field("error", description="error: stop before loading the model; "
                                                                      "skip: drop bad rows, count and log them")
     truncate: bool = Field(False, description="cut rows longer than train.max_length (counted) instead of "
-                                              "treating them as invalid")
+                                              "treating them as invalid; preference pairs: the prompt, from its start")
     loss_on: Literal["assistant", "all"] = Field("assistant", description="train on assistant turns (with their "
                                                                           "end-of-turn token) or on every token")
     dedupe: bool = Field(False, description="drop exact duplicate rows and eval rows also in train (always counted)")

@@ -42,7 +42,7 @@ def preference(config: Optional[dict[str, Any]] = None) -> None:
         inputs_digest=inputs_digest(cfg.data.source_list()) + checkpoint, rows="preference",
     )
     eval_dataset = chosen_conversations(pairs=eval_pairs, tokenizer=cfg.model.tokenizer,
-                                        max_length=cfg.train.max_length)
+                                        max_length=cfg.train.max_length, truncate=cfg.data.truncate)
     # after the rows are read and checked: a bad row stops the run before any model loads
     base_model = load_base_model(model=cfg.model, checkpoint_digest=checkpoint, after="load_dataset")
     if cfg.preference.start_adapter:

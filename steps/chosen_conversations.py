@@ -11,7 +11,7 @@ from llm_engineering.orchestration.caching import LIBRARY_AWARE
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)
-def chosen_conversations(pairs: Dataset, tokenizer: TokenizerConfig, max_length: int) -> Annotated[
+def chosen_conversations(pairs: Dataset, tokenizer: TokenizerConfig, max_length: int, truncate: bool) -> Annotated[
         Dataset, "eval_conversations"]:
     """The held-out pairs' chosen answers as SFT rows: what the merge check and the evaluations score."""
-    return conversations(pairs, load_tokenizer(tokenizer), max_length)
+    return conversations(pairs, load_tokenizer(tokenizer), max_length, truncate)

@@ -153,3 +153,22 @@ def test_bad_preference_input_stops_the_run_before_any_model_loads(repo, retried
     with pytest.raises(Exception) as wrong:  # refused when it compiles or by the dataset step
         run_in_process(repo, write_config(root / "sft-rows.yaml", parameters), "pipelines.preference.preference")
     assert "run pipelines.finetune.finetune" in " ".join(str(wrong.value).split())
+
+
+def test_orpo_on_a_chat_export_with_long_prompts_trains_every_pair_when_truncation_is_on(repo, tiny_model_dir, capfd):
+    """ShareGPT pairs whose prompts run past train.max_length (earlier exchanges, pasted e-mail threads), with
+    data.truncate: every pair is kept with its prompt cut from the start, and no later step refuses one of them."""
+    root, _ = repo
+    parameters = preference_parameters(tiny_model_dir, None)
+    parameters["data"] = {"source": "file", "eval_rows": 4, "truncate": True, "on_invalid": "skip",
+                          "path": str(Path(__file__).parent.parent / "data/samples/preference_sharegpt_long.json")}
+    parameters["train"].update(max_steps=2, eval_steps=2, max_length=160)
+    parameters["preference"] = {"method": "orpo", "beta": 0.1}
+    parameters["export"] = {"output_dir": "outputs/tiny-orpo-long", "registered_model_name": None}
+    run = run_in_process(repo, write_config(root / "orpo-long.yaml", parameters), "pipelines.preference.preference")
+    assert {step.status for step in run.steps.values()} == {ExecutionStatus.COMPLETED}
+    summary = run.steps["load_dataset"].outputs["data_summary"][0].load()
+    assert (summary["rows_read"], summary["rows_invalid"]) == (30, 0) and summary["rows_truncated"] >= 10
+    eval_rows = run.steps["chosen_conversations"].outputs["eval_conversations"][0].load()
+    assert len(eval_rows) == 4  # the held-out pairs' chosen answers, cut as the dataset step cut them
+    assert "remove_unused_columns" not in "".join(capfd.readouterr())  # TRL's advice to us, not to the user

@@ -90,10 +90,24 @@ def test_every_bad_preference_row_is_named_with_its_line_before_any_model_loads(
     assert skipped.report.rows_truncated == 1
 
 
-def test_a_prompt_that_fills_max_length_is_refused_even_with_truncate(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "long-prompt.jsonl", [{**GOOD, "prompt": "please " * 300}] + [GOOD] * 3)
-    with pytest.raises(DataError, match=r"line 1: the prompt alone is \d+ tokens, train.max_length=128"):
-        pairs(DataConfig(source="file", path=str(path), eval_rows=1, truncate=True), tokenizer, max_length=128)
+def test_a_prompt_that_fills_max_length_is_refused_unless_truncation_cuts_it(tmp_path, tokenizer):
+    long = {**GOOD, "prompt": "please " * 300 + GOOD["prompt"]}
+    path = write_jsonl(tmp_path / "long-prompt.jsonl", [long] + [GOOD] * 3)
+    with pytest.raises(DataError, match=r"line 1: the prompt alone is \d+ tokens, train.max_length=128: nothing of the "
+                                        r"responses would be trained \(data.truncate: true cuts the prompt"):
+        pairs(DataConfig(source="file", path=str(path), eval_rows=1), tokenizer, max_length=128)
+    data = pairs(DataConfig(source="file", path=str(path), eval_rows=1, truncate=True), tokenizer, max_length=128)
+    rows = data.train.to_list() + data.eval.to_list()
+    cut = next(row for row in rows if row["prompt"][0]["content"] != GOOD["prompt"])
+    assert cut["prompt"][0]["content"].startswith("…please please") and cut["prompt"][0]["content"].endswith(
+        GOOD["prompt"])  # the start went, the request stayed
+    assert data.report.rows_truncated == 1
+    # a system message that leaves no room for the request cannot be cut to fit: named, with the numbers
+    system = write_jsonl(tmp_path / "long-system.jsonl", [{**GOOD, "prompt": [
+        {"role": "system", "content": "be brief " * 200}, {"role": "user", "content": GOOD["prompt"]}]}] + [GOOD] * 3)
+    with pytest.raises(DataError, match=r"line 1: the prompt is \d+ tokens and cannot be cut to \d+ \(train.max_length="
+                                        r"128\): its system message alone is longer"):
+        pairs(DataConfig(source="file", path=str(system), eval_rows=1, truncate=True), tokenizer, max_length=128)
 
 
 def test_sft_and_preference_pipelines_refuse_each_others_rows(tmp_path, tokenizer):
@@ -133,3 +147,36 @@ def test_our_token_counts_are_what_trl_trains_on(tokenizer, tiny_model_cfg, tmp_
     for mine, trl_row in zip(ours, theirs):
         for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
             assert mine[key] == trl_row[key], key
+
+
+def test_long_prompts_are_cut_from_their_start_so_the_answers_fit_when_truncation_is_on(tokenizer):
+    """A chat export's pairs: earlier exchanges and pasted e-mail threads before the request. With data.truncate the
+    prompt loses its earliest turns, then the start of its earliest message kept, and every pair trains; without
+    it the long ones are refused, naming the setting."""
+    source = dict(source="file", path=str(SAMPLES / "preference_sharegpt_long.json"), eval_rows=4, seed=3)
+    originals = {turns["conversations"][-1]["value"][-60:]: turns
+                 for turns in json.loads((SAMPLES / "preference_sharegpt_long.json").read_text())}
+    refused = pairs(DataConfig(**source, on_invalid="skip"), tokenizer, max_length=160)
+    assert refused.report.rows_invalid >= 10
+    assert "more than train.max_length=160 (set data.truncate: true to cut it)" in json.dumps(
+        refused.report.invalid_examples, ensure_ascii=False)
+
+    data = pairs(DataConfig(**source, truncate=True), tokenizer, max_length=160)
+    assert data.report.rows_invalid == 0 and data.report.rows_read == 30
+    rows = data.train.to_list() + data.eval.to_list()
+    cut = 0
+    for row in rows:
+        original = originals[row["prompt"][-1]["content"][-60:]]  # the request itself is always kept, to its end
+        turns = [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]}
+                 for t in original["conversations"]]
+        assert row["prompt"][0] == {"role": "system", "content": SYSTEM_PROMPT}
+        for side in ("chosen", "rejected"):  # the answers fit whole: nothing of them is cut
+            assert len(tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True)) <= 160
+        if row["prompt"][1:] != turns:
+            cut += 1
+            kept = row["prompt"][1:]
+            assert kept[0]["role"] == "user" and len(kept) < len(turns) or kept[0]["content"].startswith("…")
+            assert kept[1:] == turns[len(turns) - len(kept) + 1:]  # the turns nearest the answer, untouched
+            assert turns[len(turns) - len(kept)]["content"].endswith(kept[0]["content"].removeprefix("…"))
+    assert data.report.rows_truncated == cut >= 10
+    assert any(row["prompt"][-1]["content"].startswith("…") for row in rows)  # a pasted thread cut inside

@@ -5,10 +5,14 @@
                                   content parts, a U+2028 inside a string
   preference_sharegpt.json        LLaMA-Factory's dpo_en_demo shape: `conversations` + `chosen`/`rejected` turns
   preference_pairs.csv            TRL's plain form (`prompt`, `chosen`, `rejected` strings), cells with quoted newlines
+  preference_sharegpt_long.json   ShareGPT pairs whose prompts run long, as chat exports do: earlier exchanges about
+                                  other things, a pasted e-mail thread (quoted lines, a U+2028, accents) before the
+                                  request, and short rows between them
 """
 
 import csv
 import json
+import random
 from pathlib import Path
 
 from llm_engineering.data.synthetic import SYSTEM_PROMPT, booking_preference_rows
@@ -53,5 +57,42 @@ def main():
             writer.writerow({"question": f"{SYSTEM_PROMPT}\n\n{user}", "good": chosen, "bad": f"{rejected}\n"})
 
 
+CHATTER = ["Can you recommend a good wine with fish?", "What time do most restaurants close on Sundays here?",
+           "Is it rude to ask for the bill before dessert?", "How much should I tip for a group of eight?"]
+ANSWERS = ["A dry white such as a Sauvignon Blanc or an Albariño goes well with most fish, and a light red like "
+           "Pinot Noir with salmon or tuna. Ask the sommelier what is open by the glass.",
+           "Many close their kitchens around 21:30 on Sundays, earlier in small towns; the bar often stays open "
+           "longer. Checking the restaurant's own page is the safest.",
+           "Not at all, especially if you have somewhere to be; a polite word to the waiter is enough.",
+           "Around 10-15 % is usual; some restaurants add a service charge for groups, so check the bill first."]
+EMAIL = ["> On Monday, Jana Dvořák wrote:",
+         "> Hi all, are we still on for the team dinner? Ólafur can't do Thursday.",
+         "> Also: Zoë is vegetarian and Mateusz doesn't eat nuts   please tell the restaurant.",
+         "> Last time the place in town was too loud, let's pick somewhere calmer.",
+         "> Budget is about 40 € a head, drinks included if possible.", "> -- sent from my phone",
+         "Thanks Jana - I will sort the booking today. Forwarding the request below."]
+
+
+def long_rows() -> list[dict]:
+    """ShareGPT pairs whose prompts run long: every third row after two earlier exchanges, every third with a pasted
+    e-mail thread before the request (a few hundred tokens), the rest as they come."""
+    rng = random.Random(5)
+    rows = []
+    for i, row in enumerate(booking_preference_rows(30, seed=23)):
+        user, chosen, rejected = sides(row)
+        turns = []
+        if i % 3 == 1:
+            for question, answer in rng.sample(list(zip(CHATTER, ANSWERS)), 2):
+                turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        elif i % 3 == 2:
+            thread = "\n".join(">" * depth + line for depth in range(rng.randint(2, 4), 0, -1) for line in EMAIL)
+            user = f"Thanks Jana - I will sort the booking today.\n\n{thread}\n\n{user}"
+        turns.append({"from": "human", "value": user})
+        rows.append({"conversations": turns, "chosen": {"from": "gpt", "value": chosen},
+                     "rejected": {"from": "gpt", "value": rejected}, "system": SYSTEM_PROMPT})
+    return rows
+
+
 if __name__ == "__main__":
     main()
+    (HERE / "preference_sharegpt_long.json").write_text(json.dumps(long_rows(), ensure_ascii=False, indent=1))

@@ -14,8 +14,11 @@ take. Supported inputs:
 Tokenization is the trainer's: the prompt rendered with the generation prompt, prompt + response rendered whole, the
 response being what follows their common prefix. A row is refused when a side is missing or empty, when the two
 responses are the same, when it has tool calls (not supported in preference rows yet), and when prompt + response is
-longer than `train.max_length` (unless `data.truncate`: then the trainer cuts its end, and it is counted), or the prompt
-alone fills `train.max_length` (nothing of the responses would be left to compare).
+longer than `train.max_length`, unless `data.truncate`: then the prompt is cut from its start, as LLaMA-Factory shares
+the length budget, so that the longer response fits (earlier turns go first, then the start of the earliest message
+kept; the prompt keeps at least half the budget, and a response longer than the rest is cut at its end by the
+trainer), and the row is counted as truncated. Without `data.truncate`, a prompt that alone fills `train.max_length`
+is refused too (nothing of the responses would be left to compare).
 """
 
 from __future__ import annotations
@@ -174,22 +177,66 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int, truncate: bool)
             unrenderable[i] = f"the chat template cannot render this row: {exc}"
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     out = []
-    for i in range(len(rows)):
+    for i, row in enumerate(rows):
         prompt, chosen, rejected = ids[3 * i: 3 * i + 3]
-        cut = min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected))
-        longest = max(len(chosen), len(rejected))
-        problem = unrenderable.get(i)
+        cut, longest = _split(prompt, chosen, rejected)
+        problem, shortened = unrenderable.get(i), None
+        if not problem and truncate and longest > max_length:
+            budget = max(max_length - (longest - cut), max_length // 2)
+            shortened = _shortened_prompt(row, render, tokenizer, budget)
+            if shortened is None:
+                problem = (f"the prompt is {cut} tokens and cannot be cut to {budget} (train.max_length={max_length}): "
+                           "its system message alone is longer")
+            else:
+                prompt, chosen, rejected = _pair_ids(shortened, row, render, tokenizer)
+                cut, longest = _split(prompt, chosen, rejected)
         if problem:
             pass
         elif cut >= max_length:
             problem = (f"the prompt alone is {cut} tokens, train.max_length={max_length}: nothing of the responses "
-                       "would be trained")
+                       "would be trained (data.truncate: true cuts the prompt from its start)")
         elif longest > max_length and not truncate:
             problem = (f"{longest} tokens after templating, more than train.max_length={max_length} (set "
                        "data.truncate: true to cut it)")
         out.append({"prompt_ids": prompt[:cut], "chosen_ids": chosen[cut:], "rejected_ids": rejected[cut:],
-                    "length": longest, "truncated": longest > max_length, "problem": problem})
+                    "length": longest, "truncated": shortened is not None or longest > max_length,
+                    "problem": problem, "prompt": shortened})
     return out
+
+
+def _split(prompt: list[int], chosen: list[int], rejected: list[int]) -> tuple[int, int]:
+    """Where the responses start (the prompt's tokens both sides share) and the longer side's length."""
+    return min(_common_prefix(prompt, chosen), _common_prefix(prompt, rejected)), max(len(chosen), len(rejected))
+
+
+def _pair_ids(prompt: list[dict], row: dict, render, tokenizer) -> list[list[int]]:
+    texts = [render(prompt, generation_prompt=True), render(prompt + row["chosen"]), render(prompt + row["rejected"])]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _prompt_length(prompt: list[dict], render, tokenizer) -> int:
+    return len(tokenizer(render(prompt, generation_prompt=True), add_special_tokens=False)["input_ids"])
+
+
+def _shortened_prompt(row: dict, render, tokenizer, budget: int) -> Optional[list[dict]]:
+    """`row`'s prompt cut from its start to at most `budget` tokens: whole earlier exchanges (a user turn and the
+    answer to it) first, then the start of the earliest message kept, so the turns nearest the answer stay. None when
+    the system message leaves no room for any of the last user message."""
+    prompt = [dict(m) for m in row["prompt"]]
+    system = prompt[:1] if prompt[0]["role"] == "system" else []
+    turns = prompt[len(system):]
+    while len(turns) > 1 and _prompt_length(system + turns, render, tokenizer) > budget:
+        turns = turns[2:]  # the earliest user turn and the answer to it: the prompt still ends with the user
+    for attempt in range(4):  # a cut text can tokenize a little longer than the tokens kept: cut a bit more
+        excess = _prompt_length(system + turns, render, tokenizer) - budget
+        if excess <= 0:
+            return system + turns
+        pieces = tokenizer(turns[0]["content"], add_special_tokens=False)["input_ids"]
+        kept = tokenizer.decode(pieces[excess + 1 + 2 * attempt:]).lstrip().lstrip("\ufffd")  # no split character
+        if not kept:
+            return None
+        turns[0] = {**turns[0], "content": "…" + kept}
+    return None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -212,6 +259,8 @@ def process_preference_batch(batch: dict, tokenizer, format: str, columns: dict,
         result = next(tokenized) if row is not None else None
         problem = problem or (result["problem"] if result else None)
         ok = problem is None
+        if ok and result["prompt"] is not None:
+            row = {**row, "prompt": result["prompt"]}  # cut to fit (data.truncate): what the trainer is given
         for side in ("prompt", "chosen", "rejected"):
             out[side].append(row[side] if ok else [])
         out["length"].append(result["length"] if ok else 0)
@@ -242,16 +291,17 @@ PREFERENCE_ROWS = RowKind("preference", PREFERENCE_FORMATS, detect_preference_fo
                           preference_features)
 
 
-def chosen_conversations(pairs, tokenizer, max_length: int):
+def chosen_conversations(pairs, tokenizer, max_length: int, truncate: bool = False):
     """Each pair as the SFT row of its chosen answer (prompt + chosen, templated, tokenized and masked as SFT rows
-    are), so the merge check and the evaluation score the behaviour the pairs prefer, with the SFT pipeline's code."""
+    are), so the merge check and the evaluation score the behaviour the pairs prefer, with the SFT pipeline's code.
+    `truncate` as the dataset step had it: a pair it accepted, cut to fit, is cut here the same way."""
     from datasets import Dataset
 
     from llm_engineering.data.prepare import INTERNAL_COLUMNS, process_batch, sft_features
 
     rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
     texts = [json.dumps({"messages": row["prompt"] + row["chosen"]}, ensure_ascii=False) for row in rows]
-    out = process_batch({"row": texts}, tokenizer, "messages", {}, "assistant", max_length, truncate=False)
+    out = process_batch({"row": texts}, tokenizer, "messages", {}, "assistant", max_length, truncate=truncate)
     out["location"] = [row.get("location") for row in rows]
     for location, problem in zip(out["location"], out["problem"]):
         if problem:  # a validated pair's prompt + chosen always fits: this is a bug, not bad data

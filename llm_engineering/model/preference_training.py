@@ -69,7 +69,8 @@ def trainer_arguments(pref: PreferenceConfig, cfg: TrainConfig, adapter_cfg: Ada
     if pref.method == "orpo":
         from trl.experimental.orpo import ORPOConfig
 
-        return ORPOConfig(**common)
+        # its collator needs the pair columns; left on, TRL turns it off itself and says so on the console
+        return ORPOConfig(**common, remove_unused_columns=False)
     from trl import DPOConfig
 
     losses = {pref.loss_type: 1.0, **({"sft": pref.sft_loss_weight} if pref.sft_loss_weight else {})}
