@@ -268,6 +268,17 @@ def headline(m: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def failure_block(run_name: str, failures: list[tuple[str, str]]) -> str:
+    """The closing block of a failed run: each failed step with its reason, and where the rest is."""
+    lines = ["", "=" * 78, f"Run failed: {run_name}"]
+    for step, reason in failures:
+        lines.append(f"  failed     {step}: {reason}")
+    lines += ["  rerun      the same command: the steps that finished come from ZenML's cache",
+              "  traceback  make dashboard (the run's failed step, Logs), or rerun with LLM_ENGINEERING_TRACEBACK=1",
+              "=" * 78]
+    return "\n".join(lines)
+
+
 def summary_block(summary: dict[str, Any], run_name: str, mlflow_url: Optional[str]) -> str:
     """The closing block of a pipeline run: headline metrics, where the model is, and where to look at the run."""
     lines = ["", "=" * 78, f"Fine-tune finished: {run_name}"]

@@ -71,6 +71,12 @@ def retried(shared_repo, tiny_model_dir):
     before = set(scratch.glob("merged-model-*"))
     failed = run_pipeline(root, write_config(root / "strict.yaml", parameters), env=PLANTED)
     assert failed.returncode != 0 and "nothing was exported" in failed.stdout + failed.stderr
+    # the console ends with the reason, not with ZenML's tracebacks of its own call stack
+    console = (failed.stdout + failed.stderr).strip()
+    assert "Traceback" not in console and "╭─" not in console, console[-3000:]
+    block = console[console.rindex("Run failed: finetune-"):].splitlines()
+    assert block[1].startswith("  failed     merge_adapter: ") and "nothing was exported" in block[1]
+    assert block[-2].startswith("  traceback  make dashboard") and block[-1] == "=" * 78
     assert set(scratch.glob("merged-model-*")) == before  # the failed step's scratch output was removed
     assert not (root / "outputs" / "tiny-retry").exists()
     assert mlflow.MlflowClient(tracking_uri=uri).search_model_versions("name='tiny-retry'") == []

@@ -5,10 +5,18 @@ next step starts); and, after the export step, the closing summary.
 
 Hooks run in the process that runs the step (the pipeline's own process on the local orchestrator, the step
 operator's process otherwise), inside ZenML's step context.
+
+A failed run ends with our block (each failed step and its reason, how to rerun, where the traceback is) instead of
+the orchestrator's traceback and ZenML's boxed one of its own call stack, in which the reason was hard to find:
+`short_failures()`, called by the pipeline modules, which the CLI process imports. LLM_ENGINEERING_TRACEBACK=1
+keeps ZenML's output as it was.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import time
 from typing import Optional
 
@@ -20,6 +28,7 @@ from llm_engineering import console
 
 _started: dict[str, float] = {}  # step run id -> perf_counter at its start hook
 _reported_cached: set[str] = set()  # step run ids already reported as cached in this process
+_failed: dict[str, list[tuple[str, str]]] = {}  # run name -> (step, reason) of the steps that failed in this process
 
 
 def on_stage_start() -> None:  # (the noise filters are on: importing this package installed them)
@@ -36,6 +45,9 @@ def on_stage_end(exception: Optional[BaseException] = None) -> None:
     step_run = Client().get_run_step(context.step_run.id)
     metadata = dict(step_run.run_metadata)
     console.stage_ended(context.step_name, seconds, metadata, exception, *_position(context))
+    if exception is not None:
+        reason = f"{type(exception).__name__}: {str(exception).strip()}"
+        _failed.setdefault(context.pipeline_run.name, []).append((context.step_name, reason))
     if context.step_name == "export_model" and exception is None:
         _report_cached_steps(context.pipeline_run.id)
         console.say(console.summary_block(metadata, context.pipeline_run.name, _mlflow_url(metadata)))
@@ -69,3 +81,38 @@ def _mlflow_url(metadata: dict) -> Optional[str]:
     if not run_id or not experiment_id:
         return None
     return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class _NoTraceback(logging.Filter):
+    """The local orchestrator's "Step X failed." line without the traceback it attaches (the reason is printed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Step ") and record.exc_info:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def short_failures() -> None:
+    """In the process that runs the pipeline: a failed run ends with our failure block, not two tracebacks of
+    ZenML's own call stack. Idempotent; nothing changes with LLM_ENGINEERING_TRACEBACK=1."""
+    if os.environ.get("LLM_ENGINEERING_TRACEBACK") == "1":
+        return
+    orchestrator = logging.getLogger("zenml.orchestrators.local.local_orchestrator")
+    if not any(isinstance(f, _NoTraceback) for f in orchestrator.filters):
+        orchestrator.addFilter(_NoTraceback())
+    if getattr(sys.excepthook, "short_failures", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, error, trace):
+        if not (kind is RuntimeError and str(error).startswith("Pipeline run has failed")):
+            return previous(kind, error, trace)
+        if _failed:
+            for run_name, failures in _failed.items():
+                console.say(console.failure_block(run_name, failures))
+        else:  # the steps ran in other processes (a step operator): their reasons are in their logs above
+            console.say(f"{error} (each step's reason is above; make dashboard shows its logs)")
+
+    hook.short_failures = True
+    sys.excepthook = hook
+
