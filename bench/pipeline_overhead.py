@@ -28,7 +28,7 @@ def bare(config_path: Path, output_dir: Path) -> None:
     from llm_engineering.config import load_run_config_file
     from llm_engineering.data.prepare import prepare
     from llm_engineering.evaluation import evaluate_checkpoint
-    from llm_engineering.evaluation.plan import check_evaluation
+    from llm_engineering.evaluation.compile_checks import check_evaluation
     from llm_engineering.model.adapter import inject_adapter, save_adapter
     from llm_engineering.model.export import load_exported, verify_export, write_export
     from llm_engineering.model.loading import load_base, load_model, load_tokenizer

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from llm_engineering.config import RunConfig
 from llm_engineering.data.preference import check_rows_match_pipeline
-from llm_engineering.evaluation.plan import check_evaluation
+from llm_engineering.evaluation.compile_checks import check_evaluation
 from llm_engineering.model.export import check_push_credentials, check_target
 from llm_engineering.model.gguf_export import check_model_supports_gguf
 

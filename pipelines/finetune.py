@@ -16,7 +16,7 @@ from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
-from llm_engineering.evaluation.plan import evaluation_files_digest
+from llm_engineering.evaluation.compile_checks import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start, short_failures
 from pipelines.checks import check_run

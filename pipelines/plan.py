@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from llm_engineering.orchestration.plan import compile_plan
+from llm_engineering.orchestration.stack_plan import compile_plan
 from pipelines.finetune import finetune
 
 

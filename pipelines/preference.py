@@ -14,10 +14,10 @@ from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
-from llm_engineering.evaluation.plan import evaluation_files_digest
+from llm_engineering.evaluation.compile_checks import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start, short_failures
-from llm_engineering.orchestration.start_adapter import check_start_adapter_source
+from llm_engineering.orchestration.start_adapter_lookup import check_start_adapter_source
 from steps.chosen_conversations import chosen_conversations
 from pipelines.checks import check_run
 from steps.evaluate_model import evaluate_model

@@ -5,7 +5,7 @@ from zenml import log_metadata, step
 import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.model.start_adapter import check_adapter_dir, fetch_start_adapter, source_kind
-from llm_engineering.orchestration.start_adapter import artifact_version
+from llm_engineering.orchestration.start_adapter_lookup import artifact_version
 
 
 @step(experiment_tracker=True, enable_cache=False)  # an alias moves: look it up on every run (a small copy)

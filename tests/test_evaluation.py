@@ -10,7 +10,7 @@ import torch
 from llm_engineering.config import ConfigError, DataConfig, EvalConfig, load_run_config, load_run_config_file
 from llm_engineering.data.tokenization import IGNORE
 from llm_engineering.evaluation import PROBES, compare, contains, evaluate_checkpoint, perplexity
-from llm_engineering.evaluation.plan import check_evaluation
+from llm_engineering.evaluation.compile_checks import check_evaluation
 from tests.conftest import prepared
 from tests.pipeline_helpers import PROJECT
 

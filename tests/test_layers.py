@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "llm_engineering"
 # Bottom to top: a module may import its own layer and the ones below. release.py (the export stage) sits on the
 # evaluation it gates; the other top-level modules (config, console, tracking, promotion, ...) are the base below all.
-LAYERS = ["", "data", "model", "evaluation", "release", "orchestration"]
+LAYERS = ["", "schedules", "data", "model", "evaluation", "release", "orchestration"]
 
 
 def module_name(path: Path) -> str:

@@ -143,7 +143,7 @@ def test_bad_preference_input_stops_the_run_before_any_model_loads(repo, retried
     assert "load_base_model" not in Client().get_pipeline("preference").last_run.steps
 
     # a start adapter that is not there is named when the pipeline compiles (the check `zenml pipeline run` makes)
-    from llm_engineering.orchestration.start_adapter import check_start_adapter_source
+    from llm_engineering.orchestration.start_adapter_lookup import check_start_adapter_source
 
     for start, says in (("models:/no-such-model@champion", "versions of no-such-model: none"),
                         ("models:/tiny-retry/99", "versions of tiny-retry: 1 (champion)"),

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from llm_engineering.schedule import check_cron, load_schedule_file
+from llm_engineering.schedules.schedule_file import check_cron, load_schedule_file
 from tests.pipeline_helpers import PROJECT, run
 
 

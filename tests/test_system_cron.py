@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from llm_engineering.system_cron import MARKER, log_path, script_path
+from llm_engineering.schedules.system_cron import MARKER, log_path, script_path
 from tests.pipeline_helpers import run, tiny_parameters, write_config
 from tests.ui_helpers import stop_group
 
@@ -96,7 +96,7 @@ def test_a_system_cron_schedule_fires_skips_the_overlapping_firing_and_is_delete
 
 
 def test_the_script_keeps_the_settings_but_no_credential(tmp_path):
-    from llm_engineering.system_cron import run_script
+    from llm_engineering.schedules.system_cron import run_script
 
     script = run_script(tmp_path, "nightly", tmp_path / "run.yaml", "pipelines.finetune.finetune",
                         {"ZENML_CONFIG_PATH": "/cfg", "HF_HOME": "/hf", "MLFLOW_TRACKING_PASSWORD": "hunter2",

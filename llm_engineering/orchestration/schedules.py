@@ -7,7 +7,7 @@
 
 The schedule file is validated first (cron fields, run config present). Schedules run on the orchestrator, so the
 active stack's orchestrator must support them; the local one does not, and the command says which ones do. On a
-single machine, `--system-cron` puts the schedule in this user's crontab instead (llm_engineering/system_cron.py):
+single machine, `--system-cron` puts the schedule in this user's crontab instead (llm_engineering/schedules/system_cron.py):
 `list`, `update` and `delete` find those entries by name too.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from zenml.client import Client
 
-from llm_engineering import system_cron
-from llm_engineering.schedule import check_cron, load_schedule_file
+from llm_engineering.schedules import system_cron
+from llm_engineering.schedules.schedule_file import check_cron, load_schedule_file
 
 # ZenML orchestrator flavors that run cron schedules (https://docs.zenml.io/concepts/steps_and_pipelines/scheduling)
 SCHEDULING_ORCHESTRATORS = ("kubernetes", "vertex", "sagemaker", "airflow", "kubeflow", "tekton", "azureml",

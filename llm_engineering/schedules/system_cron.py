@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_engineering.schedule import check_cron
+from llm_engineering.schedules.schedule_file import check_cron
 
 MARKER = "# llm_engineering schedule "
 SKIPPED_EXIT = 75  # flock's exit code when the lock is held (EX_TEMPFAIL)
