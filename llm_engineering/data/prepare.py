@@ -25,6 +25,8 @@ import numpy as np
 from llm_engineering.codebase import library_digest
 from llm_engineering.config import DataConfig, SourceConfig
 from llm_engineering.console import datasets_bar
+from llm_engineering.data.datasets_internals import arrow_writer, indexed_view, indices
+from llm_engineering.data.datasets_internals import fingerprint as dataset_fingerprint
 from llm_engineering.data.formats import FORMATS, RowProblem, detect_format, normalise, rename_columns
 from llm_engineering.data.sources import DataError, environment_cores, load_raw
 from llm_engineering.data.stats import length_stats
@@ -179,7 +181,7 @@ def _prepare_source(src: SourceConfig, cfg: DataConfig, tokenizer, max_length: i
                         f"({', '.join(kind.formats)})")
     settings = dict(format=fmt, columns=dict(src.columns), loss_on=cfg.loss_on, max_length=max_length,
                     truncate=cfg.truncate)
-    fingerprint = _digest(rows._fingerprint, kind.name, settings, tokenizer_digest(tokenizer), code)
+    fingerprint = _digest(dataset_fingerprint(rows), kind.name, settings, tokenizer_digest(tokenizer), code)
     requested = cfg.num_proc or environment_cores()
     num_proc = max(1, min(requested, len(rows) // ROWS_PER_PROCESS))
     with datasets_bar(f"preparing {src.name}", len(rows)):
@@ -213,10 +215,9 @@ def _process_in_chunks(batch: dict, process: Callable[..., dict], features, **se
     token lists) are alive. Fewer, larger record batches matter to the main process: opening a memory-mapped Arrow
     file reads every batch's header, and each read maps up to 64 KiB of pages around it."""
     import pyarrow as pa
-    from datasets.arrow_writer import ArrowWriter
 
     sink = pa.BufferOutputStream()
-    with ArrowWriter(features=features, stream=sink) as writer:
+    with arrow_writer(features, sink) as writer:
         for start in range(0, len(batch["row"]), PROCESS_ROWS):
             chunk = {name: values[start:start + PROCESS_ROWS] for name, values in batch.items()}
             out = process(chunk, **settings)
@@ -358,7 +359,7 @@ def _scan(dataset) -> _Columns:
 
     files = [f["filename"] for f in dataset.cache_files]
     # an in-memory table, or one behind an indices mapping (whose order the files do not follow), is read as it is
-    batches = from_files(files) if files and dataset._indices is None else iter(dataset.data.to_batches())
+    batches = from_files(files) if files and indices(dataset) is None else iter(dataset.data.to_batches())
     total = len(dataset)
     numbers = {name: None for name in ("row_hash", "length", "trained_tokens", "truncated", "bad")}
     nulls, rows, longest = {"text": 0, "tools": 0}, 0, 0
@@ -389,23 +390,17 @@ def _scan(dataset) -> _Columns:
                     unused=unused)
 
 
-def _split_dataset(dataset, indices: np.ndarray, unused: set[str]):
-    """The rows at `indices` (an indices mapping, no copy), without internal columns or ones no row uses.
+def _split_dataset(dataset, positions: np.ndarray, unused: set[str]):
+    """The rows at `positions` (an indices mapping, no copy), without internal columns or ones no row uses.
 
     The mapping is built from the array as it is: `Dataset.select` turns the array into a list of numpy scalars
     (~40 MiB per million rows, kept by the allocator after it is freed) and pickles it for a fingerprint."""
-    import pyarrow as pa
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
-
-    indices = np.asarray(indices).astype(np.uint64)  # the mapping's type, one copy
-    fingerprint = _digest(dataset._fingerprint, hashlib.sha256(indices.data).hexdigest())
-    if dataset._indices is not None:  # never after our map: the general path, slow but right
-        selected = dataset.select(indices, new_fingerprint=fingerprint)
+    positions = np.asarray(positions).astype(np.uint64)  # the mapping's type, one copy
+    fingerprint = _digest(dataset_fingerprint(dataset), hashlib.sha256(positions.data).hexdigest())
+    if indices(dataset) is not None:  # never after our map: the general path, slow but right
+        selected = dataset.select(positions, new_fingerprint=fingerprint)
     else:
-        mapping = InMemoryTable(pa.table({"indices": pa.array(indices)}))
-        selected = Dataset(dataset.data, info=dataset.info.copy(), split=dataset.split, indices_table=mapping,
-                           fingerprint=fingerprint)
+        selected = indexed_view(dataset, positions, fingerprint)
     return selected.remove_columns(INTERNAL_COLUMNS + sorted(unused))
 
 

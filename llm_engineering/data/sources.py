@@ -314,6 +314,8 @@ def _hub_dataset(src: SourceConfig, code: str):
     got, so the conversion is cached on that fingerprint: a new revision of the dataset is converted again."""
     from datasets.fingerprint import Hasher
 
+    from llm_engineering.data.datasets_internals import fingerprint
+
     dataset = _load_hub(src)
     if len(dataset) == 0:
         raise DataError(f"{src.name}: no rows")
@@ -325,7 +327,7 @@ def _hub_dataset(src: SourceConfig, code: str):
             "location": [f"{split} row {i}" for i in indices],
         },
         batched=True, with_indices=True, remove_columns=dataset.column_names, features=raw_features(),
-        new_fingerprint=Hasher.hash([dataset._fingerprint, split, code]), desc="hub rows",
+        new_fingerprint=Hasher.hash([fingerprint(dataset), split, code]), desc="hub rows",
     )
 
 

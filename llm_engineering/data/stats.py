@@ -60,7 +60,8 @@ def list_lengths(dataset, column: str = "input_ids") -> np.ndarray:
     token (at 1M rows of ~277 tokens: 41 s and 1.1 GiB of mapped pages, for 4 MiB of lengths)."""
     import pyarrow.compute as pc
 
+    from llm_engineering.data.datasets_internals import indices
+
     lengths = pc.list_value_length(dataset.data.column(column)).to_numpy()
-    if dataset._indices is not None:  # a split's rows are an indices mapping over the step's table
-        lengths = lengths[dataset._indices.column(0).to_numpy()]
-    return lengths
+    positions = indices(dataset)
+    return lengths if positions is None else lengths[positions]  # a split: a mapping over the step's table
