@@ -316,7 +316,7 @@ def broken_rerun(default_run):
     config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
     parameters = config["parameters"]["config"]
     parameters["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None, eval_steps=4)
-    parameters["export"]["gguf"] = ["f16", "q8_0"]
+    parameters["export"]["gguf"] = ["f16"]  # the wiring; q8_0 is written and checked in tests/test_gguf.py
     parameters["eval"]["harness"] = {"tasks": ["general_mc"], "include_path": "data/harness", "limit": 8}
     done = run_pipeline(root, write_config(root / "broken.yaml", parameters, model=config["model"]), timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -351,13 +351,13 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps_and_the_
 def test_the_broken_rerun_ships_gguf_files_that_reproduce_it_and_the_harness_scores(default_run, broken_rerun):
     _, run = broken_rerun
     decision = run.steps["export_model"].run_metadata
-    assert decision["gguf_f16_top1_agreement"] == 1.0 and decision["gguf_q8_0_top1_agreement"] >= 0.95
+    assert decision["gguf_f16_top1_agreement"] == 1.0
     export_dir = default_run["root"] / "outputs" / NAME
-    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
+    assert {"model-f16.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
     uri = default_run["uri"]
     tracked = mlflow_run_of(uri, run.name)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    assert {"model-f16.gguf", "model-q8_0.gguf", "Modelfile"} <= {
+    assert {"model-f16.gguf", "Modelfile"} <= {
         a.path.split("/")[-1] for a in client.list_artifacts(tracked.info.run_id, "gguf")}
     # lm-evaluation-harness on the merged model: the local task's accuracy over its 8 scored questions
     accuracy = tracked.data.metrics["harness_general_mc_acc"]
