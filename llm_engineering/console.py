@@ -239,7 +239,7 @@ def stage_figure(step: str, m: dict[str, Any]) -> str:
                     f"{m['pref_eval_reward_accuracies']:.3f}, margin {m['pref_eval_reward_margins']:.3f}")
         if step.startswith("merge_"):
             return (f"max |Δlogit| {m['merge_max_abs_logit_diff']:.2g} vs the adapter "
-                    f"(as saved: {m['merge_saved_max_abs_logit_diff']:.2g}), "
+                    f"(as saved: {m['merge_saved_max_abs_logit_diff']:.2g}, KL {m['merge_saved_mean_kl']:.1e}), "
                     f"top-1 agreement {m['merge_top1_agreement']:.3f}")
         if step.startswith("evaluate_"):
             scores = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -134,15 +134,35 @@ def test_merge_fails_above_the_fidelity_threshold_and_writes_nothing(trained_qlo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_merge_gates_on_the_weights_as_saved_not_only_in_fp32(trained_qlora, tmp_path):
+def test_merge_gates_on_the_weights_as_saved_not_only_in_fp32(trained_qlora, tmp_path, monkeypatch):
+    from peft.tuners.lora import LoraModel
+
     model_cfg, split, result = trained_qlora
     report = merge_adapter(model_cfg, MergeConfig(dtype="bfloat16"), result.adapter_dir, split.eval, tmp_path / "ok")
-    # bf16 rounding moves the logits; the fp32 merge check alone would not see it
+    # bf16 rounding moves the logits (the fp32 merge check alone would not see it) but not the distribution
     assert report.saved_dtype == "bfloat16" and report.saved_max_abs_logit_diff > 10 * report.max_abs_logit_diff
+    assert 0 < report.saved_mean_kl < MergeConfig().saved_max_kl
     with pytest.raises(MergeFidelityError, match="as saved in bfloat16 differ .* merge.saved_max_logit_diff"):
         merge_adapter(model_cfg, MergeConfig(dtype="bfloat16", saved_max_logit_diff=1e-6), result.adapter_dir,
                       split.eval, tmp_path / "bad")
     assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
+
+    # a merge that leaves out one layer's updates is refused by the saved-weights check on its own (the fp32 check
+    # made lenient here), naming the measure and what to look for
+    merge = LoraModel.merge_and_unload
+
+    def merge_without_layer_0(self, *args, **kwargs):
+        for name, module in self.named_modules():
+            if ".layers.0." in name and hasattr(module, "lora_B"):
+                for weight in module.lora_B.values():
+                    weight.weight.data.zero_()
+        return merge(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", merge_without_layer_0)
+    with pytest.raises(MergeFidelityError, match=r"mean per-token KL divergence of [\d.e-]+ nats > "
+                                                 r"merge.saved_max_kl = 0.0005 .* a layer left out"):
+        merge_adapter(model_cfg, MergeConfig(dtype="bfloat16", max_logit_diff=100.0), result.adapter_dir,
+                      split.eval, tmp_path / "broken")
 
 
 def test_the_export_ships_the_tokenizer_padding_as_the_base_had_it(trained_qlora, tmp_path, tiny_model_dir):

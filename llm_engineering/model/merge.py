@@ -6,7 +6,8 @@ unquantized run), in fp32. `base_weights: original` merges into the untouched ch
 
 Fidelity, on held-out prompts, twice: the unmerged adapter model and the merged model in fp32 over the same base
 weights (isolates the merge: `max_logit_diff`), then the adapter model against the merged weights as they are saved
-(rounded to `merge.dtype`, computed in fp32: what ships, `saved_max_logit_diff`). Either one over its threshold fails
+(rounded to `merge.dtype`, computed in fp32: what ships), by the mean per-token KL divergence of their next-token
+distributions (`saved_max_kl`; max |Δlogit| and top-1 agreement are reported). Either one over its threshold fails
 the run before anything is exported.
 """
 
@@ -45,6 +46,7 @@ class FidelityReport:
     saved_dtype: str = "float32"
     saved_max_abs_logit_diff: float = 0.0
     saved_top1_agreement: float = 1.0
+    saved_mean_kl: float = 0.0  # nats per token, the adapter model's next-token distribution vs the saved weights'
 
     def metrics(self) -> dict[str, float]:
         return {f"merge_{k}": v for k, v in asdict(self).items() if isinstance(v, (int, float))}
@@ -75,27 +77,44 @@ def logit_agreement(reference: torch.Tensor, other: torch.Tensor, mask: torch.Te
     return diff.max().item(), diff.mean().item(), top1
 
 
+def mean_kl(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over the unmasked positions of KL(reference || other) between next-token distributions, in nats."""
+    p, q = torch.log_softmax(reference, -1), torch.log_softmax(other, -1)
+    return (p.exp() * (p - q)).sum(-1)[mask].mean().item()
+
+
 def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, cfg: MergeConfig,
                     comparison: str, saved: torch.Tensor | None = None) -> FidelityReport:
-    """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`, or above `cfg.saved_max_logit_diff` for
-    `saved` (the logits of the weights as saved; None: saved in fp32, the same as `merged`)."""
+    """Compare logits; raise MergeFidelityError above `cfg.max_logit_diff`, or above `cfg.saved_max_kl` (and
+    `cfg.saved_max_logit_diff` if set) for `saved` (the logits of the weights as saved; None: saved in fp32, the
+    same as `merged`)."""
     max_diff, mean_diff, top1 = logit_agreement(reference, merged, mask)
+    shipped = merged if saved is None else saved
     saved_max, _, saved_top1 = (max_diff, mean_diff, top1) if saved is None else logit_agreement(reference, saved, mask)
+    saved_kl = mean_kl(reference, shipped, mask)
     report = FidelityReport(
         prompts=int(mask.shape[0]), tokens=int(mask.sum()), max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff,
         top1_agreement=top1, base_weights=cfg.base_weights, comparison=comparison,
         saved_dtype=resolve_dtype(cfg.dtype), saved_max_abs_logit_diff=saved_max, saved_top1_agreement=saved_top1,
+        saved_mean_kl=saved_kl,
     )
     where = f"on {report.prompts} prompts ({comparison}); nothing was exported"
     if report.max_abs_logit_diff > cfg.max_logit_diff:
         raise MergeFidelityError(
             f"merged model differs from the adapter model by max |Δlogit| = {report.max_abs_logit_diff:.3g} "
             f"> merge.max_logit_diff = {cfg.max_logit_diff:g} {where}")
-    if saved_max > cfg.saved_max_logit_diff:
+    measured = f"(max |Δlogit| {saved_max:.3g}, top-1 agreement {saved_top1:.3f}, mean KL {saved_kl:.3g} nats)"
+    if saved_kl > cfg.saved_max_kl:
+        raise MergeFidelityError(
+            f"merged weights as saved in {report.saved_dtype} differ from the adapter model by a mean per-token KL "
+            f"divergence of {saved_kl:.3g} nats > merge.saved_max_kl = {cfg.saved_max_kl:g} {measured} {where}; "
+            "a correct merge saved in bf16 stays below 1.3e-4: look for a merge applied twice or a layer left out, "
+            "or save in float32 (merge.dtype)")
+    if cfg.saved_max_logit_diff is not None and saved_max > cfg.saved_max_logit_diff:
         raise MergeFidelityError(
             f"merged weights as saved in {report.saved_dtype} differ from the adapter model by max |Δlogit| = "
-            f"{saved_max:.3g} > merge.saved_max_logit_diff = {cfg.saved_max_logit_diff:g} (top-1 agreement "
-            f"{saved_top1:.3f}) {where}; save in float32 (merge.dtype) or raise the threshold")
+            f"{saved_max:.3g} > merge.saved_max_logit_diff = {cfg.saved_max_logit_diff:g} {measured} {where}; "
+            "save in float32 (merge.dtype) or raise the threshold")
     return report
 
 
