@@ -42,7 +42,8 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
         data=cfg.data, tokenizer=cfg.model.tokenizer, max_length=cfg.train.max_length,
         inputs_digest=inputs_digest(cfg.data.source_list()) + checkpoint,
     )
-    base_model = load_base_model(model=cfg.model, checkpoint_digest=checkpoint)
+    # after the rows are read and checked: a bad row stops the run before any model is loaded (or downloaded)
+    base_model = load_base_model(model=cfg.model, checkpoint_digest=checkpoint, after="load_dataset")
     initial_adapter = inject_adapter(base_model=base_model, adapter=cfg.adapter)
     trained_adapter, training_metrics = train_sft(
         base_model=base_model,

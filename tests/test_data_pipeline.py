@@ -5,10 +5,11 @@ tests/test_shipped_configs.py."""
 import json
 
 import pytest
+from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
 from llm_engineering.data.synthetic import booking_rows
-from tests.pipeline_helpers import run_in_process, tiny_parameters, write_config
+from tests.pipeline_helpers import StepFailed, run_in_process, tiny_parameters, write_config
 
 ZENML_MODEL = {"name": "tiny-data", "license": "apache-2.0"}
 
@@ -52,3 +53,10 @@ def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_c
     steps = run_in_process(repo, config).steps
     assert steps["load_dataset"].status == ExecutionStatus.CACHED
     assert trained_answers(steps) == after
+
+    # a row cut off mid-line (a copy interrupted): the dataset step names it, and no model is loaded for that run
+    data.write_text(data.read_text() + '{"messages": [{"role": "user", "content": "Book for two at 7\n')
+    with pytest.raises(StepFailed, match=r"my-data.jsonl.* line 25"):
+        run_in_process(repo, config)
+    failed = Client().get_pipeline("finetune").last_run.steps
+    assert failed["load_dataset"].status == ExecutionStatus.FAILED and "load_base_model" not in failed
