@@ -172,7 +172,8 @@ def test_orpo_on_a_chat_export_with_long_prompts_trains_every_pair_when_truncati
     parameters["preference"] = {"method": "orpo", "beta": 0.1}
     parameters["export"] = {"output_dir": "outputs/tiny-orpo-long", "registered_model_name": None}
     run = run_in_process(repo, write_config(root / "orpo-long.yaml", parameters), "pipelines.preference.preference")
-    assert {step.status for step in run.steps.values()} == {ExecutionStatus.COMPLETED}
+    assert run.status == ExecutionStatus.COMPLETED  # (the base model's step may come from the cache)
+    assert run.steps["chosen_conversations"].status == ExecutionStatus.COMPLETED
     summary = run.steps["load_dataset"].outputs["data_summary"][0].load()
     assert (summary["rows_read"], summary["rows_invalid"]) == (30, 0) and summary["rows_truncated"] >= 10
     eval_rows = run.steps["chosen_conversations"].outputs["eval_conversations"][0].load()
