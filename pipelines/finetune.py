@@ -18,7 +18,8 @@ from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
 from llm_engineering.evaluation.compile_checks import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
-from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start, short_failures
+from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
+from llm_engineering.orchestration.process import prepare_process
 from pipelines.checks import check_run
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
@@ -29,7 +30,7 @@ from steps.merge_adapter import merge_adapter
 from steps.train_sft import train_sft
 
 
-short_failures()  # this module is what `zenml pipeline run` imports: a failed run ends with its reason
+prepare_process()  # this module is what `zenml pipeline run` imports (a failed run ends with its reason)
 
 @pipeline(name="finetune", on_start=on_stage_start, on_end=on_stage_end)  # the console's stage lines
 def finetune(config: Optional[dict[str, Any]] = None) -> None:

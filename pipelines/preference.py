@@ -16,7 +16,8 @@ from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
 from llm_engineering.evaluation.compile_checks import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
-from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start, short_failures
+from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.start_adapter_lookup import check_start_adapter_source
 from steps.chosen_conversations import chosen_conversations
 from pipelines.checks import check_run
@@ -30,7 +31,7 @@ from steps.start_adapter import start_adapter
 from steps.train_preference import train_preference
 
 
-short_failures()  # this module is what `zenml pipeline run` imports: a failed run ends with its reason
+prepare_process()  # this module is what `zenml pipeline run` imports (a failed run ends with its reason)
 
 @pipeline(name="preference", on_start=on_stage_start, on_end=on_stage_end)
 def preference(config: Optional[dict[str, Any]] = None) -> None:

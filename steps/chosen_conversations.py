@@ -3,11 +3,13 @@ from typing import Annotated
 from datasets import Dataset
 from zenml import step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.config import TokenizerConfig
 from llm_engineering.data.preference import chosen_conversations as conversations
 from llm_engineering.model.loading import load_tokenizer
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
+from llm_engineering.orchestration.process import prepare_process
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)

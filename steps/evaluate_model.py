@@ -3,13 +3,15 @@ from typing import Annotated, Any, Optional
 from datasets import Dataset
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.artifacts import CheckpointDir, Report
 from llm_engineering.config import EvalConfig
 from llm_engineering.evaluation import evaluate_checkpoint
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.views import evaluation_views
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step

@@ -3,7 +3,6 @@ from typing import Annotated, Any, Optional, Tuple
 from datasets import Dataset
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report
 from llm_engineering.config import ExportConfig
@@ -11,8 +10,11 @@ from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.model_control_plane import (
     pipeline_run_tags, record_on_model_version, step_wall_seconds, zenml_model_name,
 )
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.release import release
 from llm_engineering.views import export_views
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, enable_cache=False)

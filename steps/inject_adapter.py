@@ -2,12 +2,14 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.config import AdapterConfig
 from llm_engineering.model.adapter import check_init_supported, inject_adapter as inject, save_adapter
 from llm_engineering.model.loading import BaseModelRef, checkpoint_location, load_model
+from llm_engineering.orchestration.process import prepare_process
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step

@@ -2,10 +2,12 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.config import ModelConfig
 from llm_engineering.model.loading import BaseModelRef, load_base
+from llm_engineering.orchestration.process import prepare_process
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step

@@ -5,7 +5,6 @@ from typing import Annotated, Tuple
 from datasets import Dataset
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering import tracking
 from llm_engineering.orchestration.model_control_plane import process_metadata
@@ -15,7 +14,10 @@ from llm_engineering.data.prepare import prepare
 from llm_engineering.data.row_kinds import row_kind
 from llm_engineering.data.stats import histogram
 from llm_engineering.model.loading import load_tokenizer
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.views import data_views
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)

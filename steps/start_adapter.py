@@ -2,10 +2,12 @@ from typing import Annotated
 
 from zenml import log_metadata, step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering.artifacts import CheckpointDir, scratch_output
 from llm_engineering.model.start_adapter import check_adapter_dir, fetch_start_adapter, source_kind
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.start_adapter_lookup import artifact_version
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, enable_cache=False)  # an alias moves: look it up on every run (a small copy)

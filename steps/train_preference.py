@@ -3,14 +3,16 @@ from typing import Annotated, Tuple
 from datasets import Dataset
 from zenml import step
 
-import llm_engineering.orchestration  # noqa: F401  (registers materializers)
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
 from llm_engineering.config import AdapterConfig, PreferenceConfig, TrainConfig, flatten
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.model import preference_training
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
+from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.training_step import training_checkpoints, training_outputs
+
+prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
 
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)

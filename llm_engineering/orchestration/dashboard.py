@@ -50,6 +50,9 @@ def latest_run_id(client: Client):
 
 
 def main(argv: list[str] | None = None) -> None:
+    from llm_engineering.orchestration.process import prepare_process
+
+    prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -19,7 +19,6 @@ from zenml.enums import ArtifactType, VisualizationType
 from zenml.integrations.huggingface.materializers.huggingface_datasets_materializer import HFDatasetMaterializer
 from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
-from zenml.materializers.materializer_registry import materializer_registry
 
 from llm_engineering.artifacts import CheckpointDir, Report
 
@@ -65,9 +64,6 @@ class DatasetMaterializer(HFDatasetMaterializer):
     def extract_metadata(self, data: Dataset) -> dict[str, Any]:
         return {"rows": data.num_rows, "columns": list(data.column_names)}
 
-
-# ZenML keeps the first materializer registered for a type, and its Hugging Face ones are imported first.
-materializer_registry.register_and_overwrite_type(Dataset, DatasetMaterializer)
 
 
 VIEW_TYPES = {".png": VisualizationType.IMAGE, ".html": VisualizationType.HTML, ".md": VisualizationType.MARKDOWN}

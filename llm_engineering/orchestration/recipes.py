@@ -186,6 +186,9 @@ def run_config_overlay(name: str, recipe: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from llm_engineering.orchestration.process import prepare_process
+
+    prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="kubernetes, sagemaker, vertex, modal or ssh")
     parser.add_argument("--register", action="store_true",

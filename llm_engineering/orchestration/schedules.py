@@ -99,6 +99,9 @@ def delete(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from llm_engineering.orchestration.process import prepare_process
+
+    prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     creator = commands.add_parser("create")

@@ -189,6 +189,9 @@ def _secret_exists(client: Client, name: str) -> bool:
 
 
 def main() -> None:
+    from llm_engineering.orchestration.process import prepare_process
+
+    prepare_process()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (default: current directory)")
     parser.add_argument("--comet", action="store_true", help="track in Comet instead of MLflow")
