@@ -77,6 +77,9 @@ def test_a_system_cron_schedule_fires_skips_the_overlapping_firing_and_is_delete
             assert wait_for(lambda: log.is_file() and "firing" in log.read_text(), 75), "cron never fired"
             # (one run, past ZenML's "initializing" when its first step has started)
             assert wait_for(lambda: runs() == ["running"], 90, interval=3), (runs(), log.read_text()[-3000:])
+            # the long run only has to hold the lock: it trains at the lowest priority, not on the other tests' cores
+            for pid in subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout.split():
+                subprocess.run(["renice", "-n", "19", "-p", pid], capture_output=True)
             # a firing while that run still trains finds the lock held: skipped, no second run. It is the crontab
             # line's own command, run now rather than at the next minute (a minute of waiting, and of the long
             # run's training taking a core from the other tests)
