@@ -160,7 +160,7 @@ def test_merge_gates_on_the_weights_as_saved_not_only_in_fp32(trained_qlora, tmp
 
     monkeypatch.setattr(LoraModel, "merge_and_unload", merge_without_layer_0)
     with pytest.raises(MergeFidelityError, match=r"mean per-token KL divergence of [\d.e-]+ nats > "
-                                                 r"merge.saved_max_kl = 0.001 .* a layer left"):
+                                                 r"merge.saved_max_kl = 0.001 .* a layer left out"):
         merge_adapter(model_cfg, MergeConfig(dtype="bfloat16", max_logit_diff=100.0), result.adapter_dir,
                       split.eval, tmp_path / "broken")
 

@@ -108,8 +108,9 @@ def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.T
         raise MergeFidelityError(
             f"merged weights as saved in {report.saved_dtype} differ from the adapter model by a mean per-token KL "
             f"divergence of {saved_kl:.3g} nats > merge.saved_max_kl = {cfg.saved_max_kl:g} {measured} {where}; "
-            "correct merges saved in bf16 measured 3.2e-4 at most: look for a merge applied twice or a layer left "
-            "out, or save in float32 (merge.dtype)")
+            "correct merges saved in bf16 measured 3.2e-4 at most. Either the merge is wrong (applied twice, a layer "
+            "left out) or the saved dtype cannot hold the update (an unquantized bf16 base with a small learning "
+            "rate: its changes round away): save in float32 (merge.dtype: float32)")
     if cfg.saved_max_logit_diff is not None and saved_max > cfg.saved_max_logit_diff:
         raise MergeFidelityError(
             f"merged weights as saved in {report.saved_dtype} differ from the adapter model by max |Δlogit| = "
