@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm_engineering.model.merge import logit_agreement  # noqa: E402
+from llm_engineering.model.merge import logit_agreement, per_token_kl  # noqa: E402
 
 
 def token_rows(model_dir: Path, sample: str, template: str) -> dict:
@@ -92,9 +92,7 @@ def measure(model_dir: Path, label: str, samples: dict[str, tuple[str, str]], sc
 
 def compare(label, kind, variant, reference, other, mask) -> dict:
     max_diff, mean_diff, top1 = logit_agreement(reference, other, mask)
-    p = torch.log_softmax(reference, -1)
-    q = torch.log_softmax(other, -1)
-    kl = (p.exp() * (p - q)).sum(-1)[mask]
+    kl = per_token_kl(reference, other, mask)  # the merge check's own measure (it gates on the mean)
     return {"model": label, "rows": kind, "merge": variant, "tokens": int(mask.sum()), "max_abs_logit_diff": max_diff,
             "mean_kl": kl.mean().item(), "max_kl": kl.max().item(), "top1_agreement": top1}
 

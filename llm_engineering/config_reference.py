@@ -17,7 +17,7 @@ import json
 import tokenize
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined

@@ -77,10 +77,14 @@ def logit_agreement(reference: torch.Tensor, other: torch.Tensor, mask: torch.Te
     return diff.max().item(), diff.mean().item(), top1
 
 
-def mean_kl(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean over the unmasked positions of KL(reference || other) between next-token distributions, in nats."""
+def per_token_kl(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(reference || other) between next-token distributions at each unmasked position, in nats."""
     p, q = torch.log_softmax(reference, -1), torch.log_softmax(other, -1)
-    return (p.exp() * (p - q)).sum(-1)[mask].mean().item()
+    return (p.exp() * (p - q)).sum(-1)[mask]
+
+
+def mean_kl(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> float:
+    return per_token_kl(reference, other, mask).mean().item()
 
 
 def fidelity_report(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor, cfg: MergeConfig,
