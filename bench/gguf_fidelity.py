@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llm_engineering.data.formats import chat_messages  # noqa: E402
-from llm_engineering.model.export import load_exported  # noqa: E402
-from llm_engineering.model.gguf_export import CHECKS, GGUFError, verify_gguf, write_gguf  # noqa: E402
+from llm_engineering.export.export_dir import load_exported  # noqa: E402
+from llm_engineering.export.gguf_file import CHECKS, GGUFError, verify_gguf, write_gguf  # noqa: E402
 
 
 def main(argv=None) -> int:

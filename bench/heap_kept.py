@@ -1,4 +1,4 @@
-"""DPO on the CPU with glibc's default allocator vs the kept heap (llm_engineering/model/heap.py), side by side.
+"""DPO on the CPU with glibc's default allocator vs the kept heap (llm_engineering/training/heap.py), side by side.
 
     python bench/heap_kept.py                  # configs/dpo.yaml's model, data and batch on the embedded SmolLM2-135M
     python bench/heap_kept.py --model tiny     # the test suite's 2-layer model (tests/test_resume.py's DPO)
@@ -31,10 +31,10 @@ def child(args) -> dict:
     import yaml
     from transformers import TrainerCallback
 
-    import llm_engineering.model.preference_training as preference_training
+    import llm_engineering.training.preference as preference_training
     from llm_engineering.config import AdapterConfig, DataConfig, ModelConfig, PreferenceConfig, TrainConfig
-    from llm_engineering.data.prepare import prepare
     from llm_engineering.data.preference import PREFERENCE_ROWS
+    from llm_engineering.data.prepare import prepare
     from llm_engineering.model.adapter import inject_adapter, save_adapter
     from llm_engineering.model.loading import load_model, load_tokenizer
 

@@ -45,7 +45,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     from llm_engineering.model.embedded import embedded_model_dir
-    from llm_engineering.model.throughput import matmul_peak_gflops
+    from llm_engineering.training.throughput import matmul_peak_gflops
 
     config = AutoConfig.from_pretrained(embedded_model_dir())
     layers, vocab, hidden = config.num_hidden_layers, config.vocab_size, config.hidden_size

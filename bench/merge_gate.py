@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm_engineering.model.merge import logit_agreement, per_token_kl  # noqa: E402
+from llm_engineering.merge.fidelity import logit_agreement, per_token_kl  # noqa: E402
 
 
 def token_rows(model_dir: Path, sample: str, template: str) -> dict:

@@ -52,7 +52,7 @@ def run_merge(method: str, base: Path, adapter: Path, out: Path) -> None:
         import peft  # noqa: F401
         import transformers  # noqa: F401
 
-        import llm_engineering.model.streamed_merge  # noqa: F401
+        import llm_engineering.merge.streamed  # noqa: F401
     elif method == "peft_merge_and_unload":
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -61,7 +61,7 @@ def run_merge(method: str, base: Path, adapter: Path, out: Path) -> None:
         model.merge_and_unload().save_pretrained(out, max_shard_size="200MB")
     else:
         from llm_engineering.config import MergeConfig, ModelConfig
-        from llm_engineering.model.streamed_merge import streamed_merge
+        from llm_engineering.merge.streamed import streamed_merge
 
         cfg = ModelConfig(source="local", name_or_path=str(base), dtype="float32")
         streamed_merge(cfg, MergeConfig(base_weights="original", dtype="float32"), adapter, out)

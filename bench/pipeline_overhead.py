@@ -29,11 +29,11 @@ def bare(config_path: Path, output_dir: Path) -> None:
     from llm_engineering.data.prepare import prepare
     from llm_engineering.evaluation import evaluate_checkpoint
     from llm_engineering.evaluation.compile_checks import check_evaluation
+    from llm_engineering.export.export_dir import load_exported, verify_export, write_export
+    from llm_engineering.merge.merge_adapter import merge_adapter
     from llm_engineering.model.adapter import inject_adapter, save_adapter
-    from llm_engineering.model.export import load_exported, verify_export, write_export
     from llm_engineering.model.loading import load_base, load_model, load_tokenizer
-    from llm_engineering.model.merge import merge_adapter
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
 
     cfg = load_run_config_file(config_path)
     tokenizer = load_tokenizer(cfg.model)

@@ -26,11 +26,11 @@ def main() -> None:
 
     from llm_engineering.config import load_run_config
     from llm_engineering.data.prepare import prepare
+    from llm_engineering.merge.merge_adapter import merge_adapter
     from llm_engineering.model.adapter import inject_adapter, save_adapter
     from llm_engineering.model.embedded import embedded_model_dir
     from llm_engineering.model.loading import load_model, load_tokenizer
-    from llm_engineering.model.merge import merge_adapter
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=4)

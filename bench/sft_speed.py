@@ -157,7 +157,7 @@ def child(variant: str, args) -> dict:
     """Train one variant in this process and return its measurements."""
     from llm_engineering.data.prepare import prepare
     from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
-    from llm_engineering.model.throughput import model_tflops, parameter_count
+    from llm_engineering.training.throughput import model_tflops, parameter_count
 
     overrides = (GPU_LEVERS if args.profile == "gpu" else LEVERS).get(variant, {})
     model_dir = Path(args.model_dir) if args.model_dir else None
@@ -175,7 +175,7 @@ def child(variant: str, args) -> dict:
             trainer = trl_defaults_trainer(cfg, train_cfg, data, scratch, timer.callback)
         else:
             from llm_engineering.model.adapter import inject_adapter
-            from llm_engineering.model.training import build_trainer
+            from llm_engineering.training.sft import build_trainer
 
             model, _ = inject_adapter(load_model(cfg.model), cfg.adapter)
             trainer = build_trainer(model, tokenizer, cfg.model, cfg.adapter, train_cfg, data.train, data.eval,
@@ -219,7 +219,7 @@ def heldout_loss(model, rows: list[dict]) -> float:
 
 
 def train(trainer, cfg, train_cfg) -> None:
-    from llm_engineering.model.training import training_context
+    from llm_engineering.training.context import training_context
 
     if isinstance(trainer, PlainTRL):
         trainer.train()
@@ -314,7 +314,7 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.child, args)), flush=True)
         return
 
-    from llm_engineering.model.throughput import matmul_peak_gflops
+    from llm_engineering.training.throughput import matmul_peak_gflops
 
     peaks = {"bf16": matmul_peak_gflops(torch.bfloat16), "fp32": matmul_peak_gflops(torch.float32)}
     levers = GPU_LEVERS if args.profile == "gpu" else LEVERS

@@ -17,9 +17,10 @@ from llm_engineering.artifacts import first_rows
 from llm_engineering.config import ExportConfig, RunConfig, flatten
 from llm_engineering.console import run_description
 from llm_engineering.evaluation import ModelEvaluation, compare
-from llm_engineering.model.export import (
-    check_vllm_rank, gguf_metrics, load_exported, model_card, push_to_hub, serving_sample, verify_export, write_export,
+from llm_engineering.export.export_dir import (
+    gguf_metrics, load_exported, push_to_hub, serving_sample, verify_export, write_export,
 )
+from llm_engineering.export.model_card import check_vllm_rank, model_card
 from llm_engineering.promotion import Decision, apply_decision, current_champion, decide, start_metric
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 from llm_engineering.config import RunConfig
 from llm_engineering.data.preference import check_rows_match_pipeline
 from llm_engineering.evaluation.compile_checks import check_evaluation
-from llm_engineering.model.export import check_push_credentials, check_target
-from llm_engineering.model.gguf_export import check_model_supports_gguf
+from llm_engineering.export.export_dir import check_push_credentials, check_target
+from llm_engineering.export.gguf_file import check_model_supports_gguf
 
 
 def check_run(cfg: RunConfig, pipeline: str) -> str:

@@ -3,12 +3,12 @@ from typing import Annotated, Tuple
 from datasets import Dataset
 from zenml import log_metadata, step
 
-from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows, CheckpointDir, Report, scratch_output
 from llm_engineering.config import MergeConfig
+from llm_engineering.merge.merge_adapter import merge_adapter as merge
 from llm_engineering.model.loading import BaseModelRef
-from llm_engineering.model.merge import merge_adapter as merge
+from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.views import merge_views
 

@@ -7,10 +7,10 @@ from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
 from llm_engineering.config import AdapterConfig, PreferenceConfig, TrainConfig, flatten
 from llm_engineering.model.loading import BaseModelRef
-from llm_engineering.model import preference_training
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.training_step import training_checkpoints, training_outputs
+from llm_engineering.training.preference import train_preference as preference_training
 
 prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
@@ -29,7 +29,7 @@ def train_preference(
     """DPO or ORPO of the adapter on the preference pairs; loss and reward curves stream to MLflow."""
     location = training_checkpoints(train, base_model, initial_adapter, data_summary, (adapter, train, preference))
     with scratch_output("tuned-adapter-") as out, location as checkpoints:
-        result = preference_training.train_preference(
+        result = preference_training(
             base_model.config, adapter, train, preference, initial_adapter.path, train_dataset, eval_dataset, out,
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )

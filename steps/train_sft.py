@@ -6,11 +6,11 @@ from zenml import step
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
 from llm_engineering.config import AdapterConfig, TrainConfig, flatten
-from llm_engineering.model import data_parallel
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.training_step import training_checkpoints, training_outputs
+from llm_engineering.training import data_parallel
 
 prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 

@@ -12,7 +12,7 @@ from llm_engineering.config import AdapterConfig, DataConfig, ModelConfig, Quant
 from llm_engineering.data import collate  # noqa: E402
 from llm_engineering.data.prepare import prepare  # noqa: E402
 from llm_engineering.model.loading import load_tokenizer  # noqa: E402
-from llm_engineering.model.training import train_adapter  # noqa: E402
+from llm_engineering.training.sft import train_adapter  # noqa: E402
 
 
 def main(model_dir: str, initial_adapter: str, out: str, batch: int) -> None:

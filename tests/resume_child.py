@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
-from llm_engineering.model.preference_training import train_preference
-from llm_engineering.model.training import train_adapter
+from llm_engineering.training.preference import train_preference
+from llm_engineering.training.sft import train_adapter
 
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1]).read_text())

@@ -6,10 +6,10 @@ import torch
 
 from llm_engineering.config import AdapterConfig, ConfigError, DataConfig, MergeConfig, TrainConfig, load_run_config
 from tests.conftest import prepared
+from llm_engineering.merge.merge_adapter import merge_adapter
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, resolve_target_modules, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
-from llm_engineering.model.merge import merge_adapter
-from llm_engineering.model.training import train_adapter
+from llm_engineering.training.sft import train_adapter
 
 H, KV, INTER, LAYERS = 64, 32, 128, 2  # tiny Llama (conftest)
 ATTN = {"q_proj": (H, H), "k_proj": (H, KV), "v_proj": (H, KV), "o_proj": (H, H)}
@@ -130,8 +130,8 @@ def test_loftq_without_cuda_is_refused_before_loading(tiny_model_dir):
 def test_pissa_export_equals_the_trained_residual_model(tiny_model_dir, tmp_path):
     """The converted adapter on the original base reproduces what was trained (residual base + PiSSA adapter)."""
     from llm_engineering.config import ModelConfig, QuantizationConfig
-    from llm_engineering.model.export import load_exported
-    from llm_engineering.model.training import build_trainer
+    from llm_engineering.export.export_dir import load_exported
+    from llm_engineering.training.sft import build_trainer
 
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
                             quantization=QuantizationConfig(method="none"))

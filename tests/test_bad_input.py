@@ -17,9 +17,9 @@ from llm_engineering.data.formats import FORMATS, RowProblem, normalise
 from llm_engineering.data.prepare import prepare
 from llm_engineering.data.sources import DataError, read_path
 from llm_engineering.data.synthetic import booking_rows
-from llm_engineering.model.export import ExportError, check_target
+from llm_engineering.export.export_dir import ExportError, check_target
 from llm_engineering.model.loading import ModelLoadError, load_tokenizer
-from llm_engineering.model.training import TrainingOutOfMemory, out_of_memory_advice
+from llm_engineering.training.memory import TrainingOutOfMemory, out_of_memory_advice
 
 
 def test_truncated_jsonl_names_the_broken_line(tmp_path, tokenizer):

@@ -67,7 +67,7 @@ def test_training_with_an_eval_every_step_trains_the_same_adapter(tiny_model_dir
 
     from llm_engineering.config import DataConfig, TrainConfig
     from llm_engineering.model.adapter import save_adapter
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
     from tests.conftest import prepared
 
     model = qlora(tiny_model_dir)

@@ -61,7 +61,7 @@ def test_two_gloo_ranks_train_disjoint_shards_and_match_one_process(tiny_model_d
 def test_a_failing_rank_is_reported_by_name(tiny_model_dir, tmp_path):
     """A rank's error comes back to the caller as one message that names the rank and the error."""
     from llm_engineering.config import TrainConfig
-    from llm_engineering.model import data_parallel
+    from llm_engineering.training import data_parallel
 
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
                             quantization=QuantizationConfig(method="none"))
@@ -114,7 +114,7 @@ def test_the_pipeline_trains_on_two_ranks_and_tracks_it_as_usual(shared_repo, ti
 def test_more_processes_than_visible_gpus_is_refused_before_anything_loads(monkeypatch):
     """On a CUDA machine each rank needs its own GPU (simulated: this machine has none)."""
     from llm_engineering.config import TrainConfig
-    from llm_engineering.model import data_parallel
+    from llm_engineering.training import data_parallel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -9,8 +9,8 @@ import torch
 from llm_engineering.config import AdapterConfig, DataConfig, ModelConfig, QuantizationConfig, TrainConfig
 from llm_engineering.model.adapter import inject_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
-from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
-from llm_engineering.model.training import build_trainer
+from llm_engineering.training.sft import build_trainer
+from llm_engineering.training.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from tests.conftest import prepared
 
 TRAIN = TrainConfig(max_steps=2, per_device_batch_size=4, logging_steps=1, eval_steps=2, max_length=256)

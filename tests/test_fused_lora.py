@@ -6,8 +6,8 @@ import torch
 
 from llm_engineering.config import AdapterConfig, ModelConfig, QuantizationConfig
 from llm_engineering.model.adapter import inject_adapter, prepare_for_training
-from llm_engineering.model.fused_lora import fused_lora
 from llm_engineering.model.loading import load_model
+from llm_engineering.training.fused_lora import fused_lora
 
 
 def lora_model(tiny_model_dir, quantization: str, **adapter):
@@ -82,7 +82,7 @@ def test_training_with_and_without_fused_layers_gives_the_same_adapter(tiny_mode
 
     from llm_engineering.config import DataConfig, TrainConfig
     from llm_engineering.model.adapter import save_adapter
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
     from tests.conftest import prepared
 
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
@@ -113,8 +113,8 @@ def test_training_with_and_without_fused_layers_gives_the_same_adapter(tiny_mode
 def test_adapter_weights_stay_float32_on_a_quantized_base_unless_asked(tiny_model_dir, tmp_path):
     """TRL casts a quantized model's LoRA weights to bf16; train.adapter_dtype decides (default float32)."""
     from llm_engineering.config import DataConfig, TrainConfig
-    from llm_engineering.model.training import build_trainer
     from llm_engineering.model.loading import load_tokenizer
+    from llm_engineering.training.sft import build_trainer
     from tests.conftest import prepared
 
     split = prepared(DataConfig(num_rows=8, eval_rows=4), 128)

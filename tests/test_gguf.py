@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from llm_engineering.config import ConfigError, ModelConfig, load_run_config
-from llm_engineering.model import gguf_export
+from llm_engineering.export import gguf_file
+from llm_engineering.export.export_dir import gguf_metrics, load_exported, verify_export, verify_manifest, write_export
+from llm_engineering.export.gguf_file import GGUFError, check_model_supports_gguf, write_gguf
 from llm_engineering.model.embedded import embedded_model_dir, gguf_path
-from llm_engineering.model.export import gguf_metrics, load_exported, verify_export, verify_manifest, write_export
-from llm_engineering.model.gguf_export import GGUFError, check_model_supports_gguf, write_gguf
 
 ROWS = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in [
     ("Book a table for two at Casa Verde on Friday at 19:30 under the name Lee.",
@@ -98,7 +98,7 @@ def test_a_gguf_with_a_layout_error_fails_its_check_and_leaves_the_previous_expo
     model, tokenizer = load_exported(tiny_model_dir)
     out = write_export(model, tokenizer, tmp_path / "export", "card")
     before = (out / "SHA256SUMS").read_text()
-    monkeypatch.setattr(gguf_export, "_permute", lambda weights, n_head: weights)  # q/k rows in the HF order
+    monkeypatch.setattr(gguf_file, "_permute", lambda weights, n_head: weights)  # q/k rows in the HF order
     with pytest.raises(GGUFError, match=r"model-f16.gguf does not reproduce .* max \|Δlogit\| .* nothing was exported"):
         write_export(model, tokenizer, out, "card 2", gguf_types=["f16"], check_rows=ROWS)
     assert (out / "SHA256SUMS").read_text() == before and not list(out.glob("*.gguf"))

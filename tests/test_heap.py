@@ -1,4 +1,4 @@
-"""The training allocator settings (llm_engineering/model/heap.py) do what they are for on this glibc, and are undone:
+"""The training allocator settings (llm_engineering/training/heap.py) do what they are for on this glibc, and are undone:
 inside, a large block comes from the heap, not a fresh mmap; after, glibc maps large blocks again. Fails when a glibc
 upgrade changes what mallopt(3) does with them. Checked in a fresh process: in one that has trained before, a large
 block can come from memory the heap already holds (as glibc does after any free), whatever the settings."""
@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from llm_engineering.model.heap import glibc, heap_kept
+from llm_engineering.training.heap import glibc, heap_kept
 
 
 class MallInfo2(ctypes.Structure):

@@ -6,9 +6,11 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llm_engineering"
-# Bottom to top: a module may import its own layer and the ones below. release.py (the export stage) sits on the
-# evaluation it gates; the other top-level modules (config, console, tracking, promotion, ...) are the base below all.
-LAYERS = ["", "schedules", "data", "model", "evaluation", "release", "orchestration"]
+# Bottom to top: a module may import its own layer and the ones below. The stages in the order the pipeline runs them
+# (model: load and adapters; training; merge; export), then the evaluation that loads exports, and release.py, which
+# exports what the evaluation gated; the other top-level modules (config, console, tracking, promotion, ...) are the
+# base below all.
+LAYERS = ["", "schedules", "data", "model", "training", "merge", "export", "evaluation", "release", "orchestration"]
 
 
 def module_name(path: Path) -> str:
@@ -41,8 +43,8 @@ def layer(module: str) -> int:
 
 
 def test_the_walk_reads_the_library():
-    assert len(GRAPH) > 60 and "llm_engineering.model.training" in GRAPH
-    assert "llm_engineering.model.loading" in internal(GRAPH["llm_engineering.model.training"])
+    assert len(GRAPH) > 60 and "llm_engineering.training.sft" in GRAPH
+    assert "llm_engineering.model.loading" in internal(GRAPH["llm_engineering.training.sft"])
 
 
 def test_no_module_imports_a_layer_above_its_own():

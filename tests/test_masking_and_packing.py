@@ -187,7 +187,7 @@ def test_flex_attention_packing_flattens_a_batch_to_one_fixed_length_sequence_of
 
     from tests.conftest import prepared
     from llm_engineering.config import DataConfig, TrainConfig
-    from llm_engineering.model.training import packed_collator
+    from llm_engineering.training.context import packed_collator
 
     cfg = TrainConfig(packing=True, max_length=256, per_device_batch_size=2)
     collator = packed_collator(tokenizer, cfg, ModelConfig(attn_implementation="flex_attention"))
@@ -224,7 +224,7 @@ def test_padding_free_batches_count_every_real_token_as_trained_input(tiny_model
 
     from tests.conftest import prepared
     from llm_engineering.config import AdapterConfig, DataConfig, TrainConfig
-    from llm_engineering.model.training import build_trainer
+    from llm_engineering.training.sft import build_trainer
 
     model_cfg = ModelConfig(attn_implementation="flex_attention")
     cfg = TrainConfig(packing=True, max_length=256, per_device_batch_size=2, lm_head_loss=lm_head_loss)
@@ -248,7 +248,7 @@ def test_padding_free_batches_count_every_real_token_as_trained_input(tiny_model
 def test_flex_attention_training_without_cuda_is_refused_before_loading(tiny_model_dir, tmp_path):
     from llm_engineering.config import AdapterConfig, TrainConfig
     from llm_engineering.model.loading import load_base
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
 
     cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), attn_implementation="flex_attention")
     with pytest.raises(ModelLoadError, match="flex_attention trains only on CUDA"):
@@ -259,7 +259,7 @@ def test_flex_attention_training_without_cuda_is_refused_before_loading(tiny_mod
 
 def test_flex_attention_is_on_for_training_forwards_only(tiny_model_dir):
     from llm_engineering.model.loading import load_model
-    from llm_engineering.model.training import flex_attention_while_training
+    from llm_engineering.training.context import flex_attention_while_training
 
     model = load_model(ModelConfig(source="local", name_or_path=str(tiny_model_dir),
                                    attn_implementation="flex_attention"), quantize=False)

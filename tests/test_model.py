@@ -9,13 +9,13 @@ from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, TrainConfig
 from tests.conftest import prepared
+from llm_engineering.export.export_dir import ExportError, load_exported, verify_export, verify_manifest, write_export
+from llm_engineering.export.model_card import model_card
+from llm_engineering.merge.fidelity import MergeFidelityError
+from llm_engineering.merge.merge_adapter import merge_adapter
 from llm_engineering.model.adapter import AdapterConfigError, inject_adapter, save_adapter
-from llm_engineering.model.export import (
-    ExportError, load_exported, model_card, verify_export, verify_manifest, write_export,
-)
 from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
-from llm_engineering.model.merge import MergeFidelityError, merge_adapter
-from llm_engineering.model.training import build_trainer, train_adapter
+from llm_engineering.training.sft import build_trainer, train_adapter
 
 FAST_TRAIN = TrainConfig(learning_rate=5e-3, max_steps=8, per_device_batch_size=4, logging_steps=1, eval_steps=8,
                          max_length=128, mixed_precision="no")
@@ -187,7 +187,7 @@ def test_the_export_ships_the_tokenizer_padding_as_the_base_had_it(trained_qlora
 
 
 def test_generation_config_keeps_every_end_token_of_the_base(tokenizer):
-    from llm_engineering.model.export import generation_config
+    from llm_engineering.export.export_dir import generation_config
 
     im_end = tokenizer.eos_token_id
     llama31_like = generation_config(tokenizer, {"eos_token_id": [0, 7, 9], "bos_token_id": 1})
@@ -266,7 +266,7 @@ def test_embedded_model_is_a_real_pretrained_instruct_model():
 
 
 def test_hub_push_needs_a_token_from_the_environment(monkeypatch):
-    from llm_engineering.model.export import check_push_credentials
+    from llm_engineering.export.export_dir import check_push_credentials
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(ExportError, match="needs a Hugging Face token in the HF_TOKEN environment variable"):
@@ -275,7 +275,7 @@ def test_hub_push_needs_a_token_from_the_environment(monkeypatch):
 
 
 def test_a_failed_hub_push_names_the_repo_and_keeps_the_export(merged, tmp_path, monkeypatch):
-    from llm_engineering.model.export import push_to_hub
+    from llm_engineering.export.export_dir import push_to_hub
 
     model, tokenizer, card, _, _ = merged
     out = write_export(model, tokenizer, tmp_path / "export", card)
@@ -287,7 +287,7 @@ def test_a_failed_hub_push_names_the_repo_and_keeps_the_export(merged, tmp_path,
 
 
 def test_an_adapter_rank_vllm_refuses_is_warned_about_and_the_card_says_how_to_serve(caplog):
-    from llm_engineering.model.export import check_vllm_rank
+    from llm_engineering.export.model_card import check_vllm_rank
 
     assert check_vllm_rank(16) is None
     with caplog.at_level("WARNING"):

@@ -12,11 +12,11 @@ from safetensors import safe_open
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, ModelConfig, QuantizationConfig, TrainConfig
 from llm_engineering.data.prepare import prepare
 from llm_engineering.data.templates import render, row_text
+from llm_engineering.export.export_dir import verify_export, write_export
+from llm_engineering.merge.merge_adapter import merge_adapter
 from llm_engineering.model.adapter import inject_adapter, resolve_target_modules, save_adapter
-from llm_engineering.model.export import verify_export, write_export
 from llm_engineering.model.loading import ModelLoadError, load_base, load_model, load_tokenizer
-from llm_engineering.model.merge import merge_adapter
-from llm_engineering.model.training import train_adapter
+from llm_engineering.training.sft import train_adapter
 from tests.model_families import FAMILIES, family_attention
 from tests.test_streamed_merge import read_all
 

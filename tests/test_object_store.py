@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from llm_engineering.model.export import verify_manifest
+from llm_engineering.export.export_dir import verify_manifest
 from llm_engineering.orchestration.checkpoints import MANIFEST
 from tests.pipeline_helpers import ZENML, run, run_pipeline, setup_repo, tiny_parameters, write_config
 from tests.ui_helpers import s3_server

@@ -134,7 +134,7 @@ def test_our_token_counts_are_what_trl_trains_on(tokenizer, tiny_model_cfg, tmp_
 
     from llm_engineering.data.preference import tokenize_pairs
     from llm_engineering.model.loading import load_model
-    from llm_engineering.model.preference_training import pair_dataset
+    from llm_engineering.training.preference import pair_dataset
 
     data = pairs(DataConfig(source="file", path=str(SAMPLES / "preference_ultrafeedback.jsonl"), eval_rows=4,
                             seed=3), tokenizer)

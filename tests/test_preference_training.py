@@ -13,7 +13,7 @@ from llm_engineering.data.preference import PREFERENCE_ROWS
 from llm_engineering.data.prepare import prepare
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model, load_tokenizer
-from llm_engineering.model.preference_training import train_preference
+from llm_engineering.training.preference import train_preference
 
 ADAPTER = AdapterConfig(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
 
@@ -89,7 +89,7 @@ def test_orpo_from_scratch_raises_the_reward_accuracy_and_saves_a_plain_adapter(
 
 
 def test_the_sft_loss_weight_adds_trls_sft_loss_to_dpos(tiny_model_cfg, tmp_path):
-    from llm_engineering.model.preference_training import trainer_arguments
+    from llm_engineering.training.preference import trainer_arguments
 
     def args(pref):
         return trainer_arguments(pref, TrainConfig(mixed_precision="no"), ADAPTER, tiny_model_cfg, str(tmp_path))

@@ -14,7 +14,7 @@ def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_
 
     from llm_engineering.model.adapter import inject_adapter, save_adapter
     from llm_engineering.model.loading import load_model
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.sft import train_adapter
     from tests.conftest import prepared
 
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
@@ -43,7 +43,7 @@ def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_
 
 
 def test_a_model_without_a_layer_list_is_refused_by_name():
-    from llm_engineering.model.regional_compile import compiled_decoder_layers
+    from llm_engineering.training.regional_compile import compiled_decoder_layers
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     model.config = type("Config", (), {"num_hidden_layers": 2})()
@@ -56,7 +56,7 @@ def test_without_a_cpu_compiler_training_runs_eagerly_with_a_warning(tiny_model_
 
     from llm_engineering.model.adapter import inject_adapter
     from llm_engineering.model.loading import load_model
-    from llm_engineering.model.regional_compile import compiled_decoder_layers
+    from llm_engineering.training.regional_compile import compiled_decoder_layers
 
     def no_compiler():
         raise exc.InvalidCxxCompiler()
@@ -77,7 +77,7 @@ def test_compiled_layers_keep_gradient_checkpointing_memory_saving(tiny_model_di
     profile): what autograd holds outside the checkpoints must be what it holds eagerly."""
     from transformers import AutoModelForCausalLM
 
-    from llm_engineering.model.regional_compile import compiled_decoder_layers
+    from llm_engineering.training.regional_compile import compiled_decoder_layers
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -17,7 +17,7 @@ from llm_engineering.data.preference import PREFERENCE_ROWS
 from tests.conftest import prepared
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model
-from llm_engineering.model.training import last_checkpoint
+from llm_engineering.training.resume import last_checkpoint
 
 CHILD = Path(__file__).with_name("resume_child.py")
 STEPS, EVERY = 24, 6

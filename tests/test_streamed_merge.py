@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from llm_engineering.config import AdapterConfig, DataConfig, MergeConfig, ModelConfig, QuantizationConfig
 from tests.conftest import prepared
+from llm_engineering.merge.merge_adapter import merge_adapter
+from llm_engineering.merge.streamed import StreamedMergeError, checkpoint_shards, streamed_merge
 from llm_engineering.model.adapter import inject_adapter, save_adapter
 from llm_engineering.model.loading import load_model
-from llm_engineering.model.merge import merge_adapter
-from llm_engineering.model.streamed_merge import StreamedMergeError, checkpoint_shards, streamed_merge
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_streamed_merge_refuses_dora(sharded_dir, tmp_path):
 
 
 def test_streamed_method_in_merge_adapter_checks_fidelity_against_the_model_as_trained(sharded_dir, tmp_path):
-    from llm_engineering.model.merge import MergeFidelityError
+    from llm_engineering.merge.fidelity import MergeFidelityError
 
     model_cfg = ModelConfig(source="local", name_or_path=str(sharded_dir), dtype="float32",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))

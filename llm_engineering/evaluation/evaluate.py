@@ -74,7 +74,7 @@ def evaluate_checkpoint(model_cfg, checkpoint: Optional[Path], eval_dataset, eva
     """The stage: load the base model (`checkpoint` None, unquantized in `dtype`) or a merged checkpoint, then score
     it on the eval rows (`evaluation.eval_file` when set, else the held-out split) and the probes. `role` names the
     metrics (base_..., finetuned_..., or start_... for the model a preference run started from)."""
-    from llm_engineering.model.export import load_exported
+    from llm_engineering.export.export_dir import load_exported
     from llm_engineering.model.loading import load_model, load_tokenizer
 
     if checkpoint is None:

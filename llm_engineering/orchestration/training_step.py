@@ -11,9 +11,9 @@ from zenml import log_metadata
 
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report
-from llm_engineering.model.curves import loss_curve
 from llm_engineering.orchestration.checkpoints import checkpoint_location, training_key
 from llm_engineering.orchestration.model_control_plane import process_metadata
+from llm_engineering.training.curves import loss_curve
 
 
 def training_checkpoints(train, base_model, initial_adapter: CheckpointDir, data_summary: dict, settings: tuple):

@@ -22,9 +22,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from llm_engineering.config import MergeConfig, ModelConfig
-from llm_engineering.model.precision import resolve_dtype, torch_dtype
+from llm_engineering.merge.trained_view import trained_view
 from llm_engineering.model.loading import checkpoint_location
-from llm_engineering.model.trained_view import trained_view
+from llm_engineering.model.precision import resolve_dtype, torch_dtype
 
 INDEX = "model.safetensors.index.json"
 ADAPTER_PREFIX = "base_model.model."

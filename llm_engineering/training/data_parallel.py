@@ -20,9 +20,9 @@ from typing import Optional
 
 from llm_engineering import tracking
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
-from llm_engineering.model.training import TrainResult, token_dataset, train_adapter
+from llm_engineering.training.sft import TrainResult, token_dataset, train_adapter
 
-WORKER = "llm_engineering.model.data_parallel_worker"
+WORKER = "llm_engineering.training.data_parallel_worker"
 
 
 class DataParallelError(RuntimeError):

@@ -16,8 +16,8 @@ def main(job: Path) -> None:
 
     from llm_engineering import tracking
     from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
-    from llm_engineering.model.data_parallel import write_result
-    from llm_engineering.model.training import train_adapter
+    from llm_engineering.training.data_parallel import write_result
+    from llm_engineering.training.sft import train_adapter
 
     spec = json.loads((job / "job.json").read_text())
     rank = int(os.environ["RANK"])

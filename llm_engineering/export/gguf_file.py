@@ -223,8 +223,8 @@ def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_t
     """Reload `path` with transformers' GGUF loader and compare it with `reference_model` on `texts`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llm_engineering.merge.fidelity import logit_agreement
     from llm_engineering.model.loading import padding_side
-    from llm_engineering.model.merge import logit_agreement
 
     reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     reloaded.eval()

@@ -19,13 +19,12 @@ from typing import Optional
 
 from llm_engineering.config import AdapterConfig, ModelConfig, PreferenceConfig, TrainConfig
 from llm_engineering.model.adapter import attach_adapter, prepare_for_training, save_adapter
-from llm_engineering.model.heap import heap_kept
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
-from llm_engineering.model.progress import use_console_progress
-from llm_engineering.model.training import (
-    checkpoint_step, common_trainer_arguments, last_checkpoint, mixed_precision, out_of_memory_advice,
-    peak_memory_bytes,
-)
+from llm_engineering.training.arguments import common_trainer_arguments, mixed_precision
+from llm_engineering.training.heap import heap_kept
+from llm_engineering.training.memory import out_of_memory_advice, peak_memory_bytes
+from llm_engineering.training.progress import use_console_progress
+from llm_engineering.training.resume import checkpoint_step, last_checkpoint
 
 logger = logging.getLogger(__name__)
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")

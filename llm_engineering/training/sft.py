@@ -8,7 +8,6 @@ from attending to the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
@@ -21,14 +20,16 @@ from typing import Optional
 import torch
 
 from llm_engineering.config import AdapterConfig, ModelConfig, TrainConfig
-from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
 from llm_engineering.data.stats import list_lengths, padding_fraction
-from llm_engineering.model.precision import fast_bf16
-from llm_engineering.model.progress import use_console_progress
-from llm_engineering.model.throughput import matmul_peak_gflops, model_tflops, parameter_count
 from llm_engineering.model.adapter import (attach_adapter, inject_adapter, prepare_for_training, reinitialises_base,
                                            save_adapter)
 from llm_engineering.model.loading import check_attention_backend, load_model, load_tokenizer
+from llm_engineering.training.arguments import common_trainer_arguments, mixed_precision
+from llm_engineering.training.context import packed_collator, training_context
+from llm_engineering.training.memory import out_of_memory_advice, peak_memory_bytes
+from llm_engineering.training.progress import use_console_progress
+from llm_engineering.training.resume import checkpoint_step, last_checkpoint
+from llm_engineering.training.throughput import matmul_peak_gflops, model_tflops, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -73,61 +74,6 @@ class TrainResult:
         return metrics
 
 
-def mixed_precision(cfg: TrainConfig, model_cfg: ModelConfig) -> tuple[bool, bool]:
-    """(bf16, fp16) for the Trainer. "auto": bf16 where the hardware computes it natively (CUDA bf16, CPUs with
-    AVX-512 BF16 / AMX), fp16 on older GPUs, fp32 on other CPUs (where bf16 autocast is several times slower)."""
-    if cfg.mixed_precision == "auto":
-        if torch.cuda.is_available():
-            return (torch.cuda.is_bf16_supported(), not torch.cuda.is_bf16_supported())
-        return (fast_bf16(), False)
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        # accelerate silently skips fp16 autocast on CPU: refuse rather than train in a precision nobody asked for
-        raise ValueError("train.mixed_precision=fp16 needs a GPU (on CPU it would silently run in fp32); "
-                         "use bf16, auto or no on CPU")
-    return (cfg.mixed_precision == "bf16", cfg.mixed_precision == "fp16")
-
-
-def checkpointing_argument() -> str:
-    """transformers 5.2x renamed gradient_checkpointing (now a deprecated alias that warns) to activation_checkpointing."""
-    from transformers import TrainingArguments
-
-    fields = TrainingArguments.__dataclass_fields__
-    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-
-
-def common_trainer_arguments(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig,
-                             output_dir: str) -> dict:
-    """The TrainingArguments every trainer here shares (SFT, DPO, ORPO), from the train section."""
-    bf16, fp16 = mixed_precision(cfg, model_cfg)
-    return dict(
-        output_dir=output_dir,
-        max_steps=cfg.max_steps or -1,  # -1: transformers' "use num_train_epochs"
-        num_train_epochs=cfg.num_epochs,
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        per_device_eval_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of max_steps
-        weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
-        save_strategy="steps" if cfg.checkpoint_steps else "no",
-        save_steps=cfg.checkpoint_steps or 500,
-        save_total_limit=2,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=bf16,
-        fp16=fp16,
-        use_cpu=not torch.cuda.is_available(),
-        **{checkpointing_argument(): adapter_cfg.gradient_checkpointing},
-        report_to=[],  # metrics reach MLflow through the callbacks the caller passes
-        disable_tqdm=True,
-    )
-
-
 def sft_config(cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig, output_dir: str):
     from trl import SFTConfig
 
@@ -142,7 +88,7 @@ def build_trainer(model, tokenizer, model_cfg, adapter_cfg, cfg, train_rows, eva
     """TRL SFTTrainer over rows the dataset step already templated, tokenized and masked."""
     from trl import pack_dataset
 
-    from llm_engineering.model.trainer import PackedTokensSFTTrainer, TrainedPositionsSFTTrainer
+    from llm_engineering.training.sft_trainers import PackedTokensSFTTrainer, TrainedPositionsSFTTrainer
 
     trainer_class = TrainedPositionsSFTTrainer if trained_positions_loss(cfg) else PackedTokensSFTTrainer
     train = token_dataset(train_rows)
@@ -178,72 +124,6 @@ def trained_positions_loss(cfg: TrainConfig) -> bool:
     if cfg.lm_head_loss == "auto":
         return not torch.cuda.is_available()
     return cfg.lm_head_loss == "trained_positions"
-
-
-def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
-    """Packed rows kept apart by the attention kernel itself (flash attention's variable-length kernels, or flex
-    attention's block-sparse document mask, both CUDA), instead of an L x L mask that computes every masked score."""
-    return cfg.packing and model_cfg.attn_implementation in ("flash_attention_2", "flex_attention")
-
-
-def packed_collator(tokenizer, cfg: TrainConfig, model_cfg: ModelConfig) -> PackedCollator:
-    """Varlen packing flattens a batch into one sequence. Flex attention's kernel is compiled for one shape, so its
-    batches are padded to the longest possible (packed: pads are rows of one token, untrained): a fixed shape compiles
-    once instead of recompiling for every new length until torch.compile gives up and runs it unfused."""
-    flex = fixed_length_batches(model_cfg)
-    fixed = cfg.max_length * (cfg.per_device_batch_size if cfg.packing else 1)
-    return PackedCollator(pad_token_id=tokenizer.pad_token_id, padding_free=varlen_packing(cfg, model_cfg),
-                          pad_to_multiple_of=fixed if flex else None, positions_only=flex and cfg.packing)
-
-
-def fixed_length_batches(model_cfg: ModelConfig) -> bool:
-    """Flex attention's kernel compiles per shape: its batches all have one length (packed_collator)."""
-    return model_cfg.attn_implementation == "flex_attention"
-
-
-@contextlib.contextmanager
-def training_context(model, cfg: TrainConfig, model_cfg: ModelConfig):
-    """What the model runs under while it trains: 4-bit weights kept in their trainable layout through mid-training
-    evaluations (bnb_cpu.py), the block-diagonal mask for packed rows (unless flash attention keeps them apart), the
-    fused LoRA linears (`train.fused_lora`) and the compiled decoder layers (`train.compile`)."""
-    from llm_engineering.model.bnb_cpu import trainable_4bit_layout
-    from llm_engineering.model.fused_lora import fused_lora
-    from llm_engineering.model.regional_compile import compiled_decoder_layers
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(trainable_4bit_layout(model))
-        if cfg.packing and not varlen_packing(cfg, model_cfg):
-            stack.enter_context(block_diagonal_attention(model))
-        if cfg.fused_lora:
-            stack.enter_context(fused_lora(model))
-        if model_cfg.attn_implementation == "flex_attention":
-            stack.enter_context(flex_attention_while_training(model))
-        if cfg.compile:
-            stack.enter_context(compiled_decoder_layers(model, fixed_length=fixed_length_batches(model_cfg)))
-        yield
-
-
-@contextlib.contextmanager
-def flex_attention_while_training(model):
-    """Flex attention for the training forwards only. Its kernel is compiled per shape, which suits training's
-    fixed-length batches; every other forward (mid-training evaluations here, and outside: generation, merge checks,
-    rows of any length) runs the sdpa the model was loaded with (loading.py), instead of compiling again per shape
-    or, where compilation is off for evaluations (regional_compile.py), running flex unfused with full score
-    matrices."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    loaded = base.config._attn_implementation
-    base.set_attn_implementation("flex_attention")  # transformers checks that this torch has it
-
-    def pick(module, _args):
-        training = module.training and torch.is_grad_enabled()
-        base.config._attn_implementation = "flex_attention" if training else loaded  # the layers read it per call
-
-    handle = model.register_forward_pre_hook(pick)
-    try:
-        yield
-    finally:
-        handle.remove()
-        base.set_attn_implementation(loaded)
 
 
 def train_adapter(
@@ -318,49 +198,6 @@ def train_adapter(
     )
 
 
-class TrainingOutOfMemory(RuntimeError):
-    """Training ran out of memory; the message says which settings to change."""
-
-
-@contextlib.contextmanager
-def out_of_memory_advice(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, cfg: TrainConfig):
-    """Turn an out-of-memory error into one that names the settings that lower memory (checkpoints are kept)."""
-    try:
-        yield
-    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        text = str(exc)
-        if not isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) and not (
-                "can't allocate memory" in text or "out of memory" in text.lower()):
-            raise
-        device = "GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "CPU RAM"
-        batch = cfg.per_device_batch_size
-        advice = []
-        if batch > 1:
-            advice.append(f"train.per_device_batch_size: {batch // 2} with train.gradient_accumulation_steps: "
-                          f"{cfg.gradient_accumulation_steps * 2} (same effective batch)")
-        advice.append(f"a smaller train.max_length (now {cfg.max_length})")
-        if not adapter_cfg.gradient_checkpointing:
-            advice.append("adapter.gradient_checkpointing: true")
-        if model_cfg.quantization.method != "4bit":
-            advice.append("model.quantization.method: 4bit (QLoRA)")
-        raise TrainingOutOfMemory(
-            f"training ran out of {device} ({text.splitlines()[0][:200]}). Try: " + "; ".join(advice)
-            + ". Checkpoints written so far are kept: rerun to resume."
-        ) from exc
-
-
-def last_checkpoint(directory: Path) -> Optional[Path]:
-    """The newest complete `checkpoint-N` in `directory` (a checkpoint killed mid-write has no trainer_state.json)."""
-    if not directory.is_dir():
-        return None
-    complete = [p for p in directory.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(complete, key=checkpoint_step, default=None)
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[-1])
-
-
 def check_same_init(peft_model, initial_adapter: Path) -> None:
     """The re-run initialisation must equal the one the inject step saved (same weights, same seed)."""
     from peft import get_peft_model_state_dict
@@ -373,9 +210,3 @@ def check_same_init(peft_model, initial_adapter: Path) -> None:
             raise RuntimeError(f"re-initialised adapter differs from the inject step's at {key}")
 
 
-def peak_memory_bytes() -> int:
-    if torch.cuda.is_available():
-        return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
