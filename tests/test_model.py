@@ -2,6 +2,7 @@
 injection, SFT, merge fidelity and export."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -32,6 +33,22 @@ def test_4bit_load_on_cpu_quantizes_the_linear_layers(tiny_qlora_cfg, tiny_model
     assert ref.footprint_bytes < full.footprint_bytes
     assert ref.num_parameters > 0 and len(ref.weights_sha256) == 64
     assert tokenizer.chat_template
+
+
+def test_a_hub_checkpoint_is_pinned_to_the_commit_its_files_were_read_from(tiny_model_dir, tmp_path):
+    """The hub cache's own layout, offline: models--<org>--<name>/snapshots/<commit>/, refs/<branch> naming the
+    commit. load_base pins later steps to that commit, so a push to the hub between steps cannot change the weights."""
+    from llm_engineering.model.loading import hub_commit
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--tiny-org--tiny-llama"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert hub_commit("tiny-org/tiny-llama", None, cache_dir=str(tmp_path)) == commit
+    assert hub_commit("tiny-org/tiny-llama", "main", cache_dir=str(tmp_path)) == commit
+    assert hub_commit("tiny-org/tiny-llama", commit, cache_dir=str(tmp_path)) == commit
+    assert hub_commit("tiny-org/other-model", None, cache_dir=str(tmp_path)) is None  # not in the cache
 
 
 def test_missing_checkpoint_and_pickle_only_checkpoint_are_refused(tmp_path, tiny_model_cfg):

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from llm_engineering.config import ModelConfig, TokenizerConfig
 from llm_engineering.data.templates import TemplateError, apply_template
-from llm_engineering.model.precision import DTYPES, torch_dtype  # noqa: F401  (DTYPES: re-exported)
 from llm_engineering.model.embedded import EMBEDDED_MODEL_NAME, embedded_model_dir
+from llm_engineering.model.precision import DTYPES, torch_dtype  # noqa: F401  (DTYPES: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ def checkpoint_location(cfg: ModelConfig) -> str:
             )
         return str(path.resolve())
     return cfg.name_or_path
+
+
+def hub_commit(repo_id: str, revision: Optional[str] = None, cache_dir: Optional[str] = None) -> Optional[str]:
+    """The commit a hub checkpoint was read from: the snapshot of the local hub cache that `revision` (a branch, tag or
+    commit; None: main) resolves to, as `from_pretrained` resolved it. None where the cache has no such snapshot.
+    (transformers 5 no longer records it on the config as `_commit_hash`.)"""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
+                                     allow_patterns=["config.json"])
+    except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds for "not in the cache"
+        return None
+    return Path(snapshot).name
 
 
 def checkpoint_stamp(cfg: ModelConfig) -> str:
@@ -194,7 +208,7 @@ def load_base(cfg: ModelConfig):
     model = load_model(cfg)
     seconds = time.perf_counter() - start
     location = checkpoint_location(cfg)
-    revision = getattr(model.config, "_commit_hash", None) if cfg.source == "hub" else None
+    revision = hub_commit(cfg.name_or_path, cfg.revision) if cfg.source == "hub" else None
     ref = BaseModelRef(
         # later steps load `ref.config`: pin a hub model to the commit loaded here, so a push to the hub
         # between steps cannot change the weights under the adapter

@@ -7,6 +7,7 @@ import torch
 
 from llm_engineering.config import ModelConfig, TrainConfig
 from llm_engineering.data.collate import PackedCollator, block_diagonal_attention
+from llm_engineering.model.transformers_internals import attention_in_use, switch_attention
 
 
 def varlen_packing(cfg: TrainConfig, model_cfg: ModelConfig) -> bool:
@@ -60,12 +61,12 @@ def flex_attention_while_training(model):
     or, where compilation is off for evaluations (regional_compile.py), running flex unfused with full score
     matrices."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    loaded = base.config._attn_implementation
+    loaded = attention_in_use(base.config)
     base.set_attn_implementation("flex_attention")  # transformers checks that this torch has it
 
     def pick(module, _args):
         training = module.training and torch.is_grad_enabled()
-        base.config._attn_implementation = "flex_attention" if training else loaded  # the layers read it per call
+        switch_attention(base.config, "flex_attention" if training else loaded)
 
     handle = model.register_forward_pre_hook(pick)
     try:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 
 from llm_engineering.data.collate import non_padding_tokens
+from llm_engineering.training.trl_internals import record_metric
 
 
 class PackedTokensSFTTrainer(SFTTrainer):
@@ -57,8 +58,7 @@ class TrainedPositionsSFTTrainer(PackedTokensSFTTrainer):
         loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # like Trainer: DDP averages gradients across ranks
-        mode = "train" if model.training else "eval"
         with torch.no_grad():
             correct = (logits.argmax(dim=-1) == targets).sum()
-            self._metrics[mode]["mean_token_accuracy"].append((correct / trained.sum().clamp(min=1)).item())
+            record_metric(self, "mean_token_accuracy", (correct / trained.sum().clamp(min=1)).item(), model.training)
         return loss
