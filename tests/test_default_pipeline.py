@@ -3,7 +3,8 @@ on the embedded SmolLM2-135M (QLoRA NF4 on this CPU), run once per session (conf
 repository) and read by every test here: the console, the steps and their metadata, MLflow (params, metrics,
 artifacts, lineage, the registry), the MLflow UI and ZenML's dashboard in Chromium, the export, `mlflow models serve`;
 then a rerun with only `train.*` changed (a learning rate that breaks the model, GGUF files and the lm-eval harness
-asked for), which the cache and the gate must handle; then DPO (configs/dpo.yaml, 2 steps) from its champion.
+asked for), which the cache and the gate must handle; then DPO (configs/dpo.yaml, 2 steps) from its champion, in this
+process (the CLI path is the default run's).
 Minutes, not seconds."""
 
 import datetime
@@ -17,9 +18,9 @@ import yaml
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
-from llm_engineering.model.export import load_exported
 from llm_engineering.evaluation import generate
-from tests.pipeline_helpers import PROJECT, run_pipeline, write_config
+from llm_engineering.export.export_dir import load_exported
+from tests.pipeline_helpers import PROJECT, run_in_process, run_pipeline, write_config
 from tests.ui_helpers import chromium, mlflow_model_server, mlflow_server, post_json, zenml_dashboard
 
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
@@ -191,7 +192,7 @@ def _epoch(moment: datetime.datetime) -> float:  # ZenML keeps UTC times without
 
 
 def test_the_export_loads_with_plain_transformers_and_answers_the_task(default_run):
-    from llm_engineering.model.export import verify_manifest
+    from llm_engineering.export.export_dir import verify_manifest
 
     export_dir = default_run["root"] / "outputs" / NAME
     card = (export_dir / "README.md").read_text()
@@ -375,8 +376,9 @@ def test_dpo_yaml_as_shipped_compiles_from_the_default_runs_champion(default_run
     compile_shipped("dpo", shared_repo)
 
 
-def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, tmp_path):
-    """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows."""
+def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, shared_repo, capfd):
+    """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows; in
+    this process (the CLI's path is the default run's)."""
     root, uri = default_run["root"], default_run["uri"]
     document = yaml.safe_load((PROJECT / "configs" / "dpo.yaml").read_text())
     cfg = document["parameters"]["config"]
@@ -386,15 +388,13 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
     cfg["eval"].update(max_rows=4)
     config = root / "dpo-small.yaml"
     config.write_text(yaml.safe_dump(document))
-    done = run_pipeline(root, config, pipeline="pipelines.preference.preference", timeout=1200)
-    console = done.stdout + done.stderr
-    assert done.returncode == 0, console[-5000:]
+    run = run_in_process(shared_repo, config, "pipelines.preference.preference")
+    console = "".join(capfd.readouterr())
     assert re.search(r"preference training done in .* 2 steps, loss [\d.]+ -> [\d.]+, held-out reward accuracy "
                      r"[\d.]+", console), console[-3000:]
     result = re.search(rf"json_exact_match [\d.]+ -> ([\d.]+) -> ([\d.]+), .*{NAME}-dpo v1 @(\w+)", console)
     assert result, console[-3000:]
 
-    run = Client().get_pipeline("preference").last_run
     assert set(run.steps) == PREFERENCE_STEPS  # no fresh adapter: it starts from the champion's
     # the start adapter is the SFT champion's trained adapter, byte for byte (found through ZenML, not the registry)
     client = mlflow.MlflowClient(tracking_uri=uri)

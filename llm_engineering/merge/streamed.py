@@ -3,7 +3,7 @@
 Peak memory is about one shard (in fp32) plus the adapter, whatever the model's size, instead of the whole model. The
 arithmetic is PEFT's `merge_and_unload` (W + (B @ A) * scaling in fp32), and with `base_weights: dequantized` every
 linear weight first takes the same quantize -> dequantize round trip as in training, so the result is bit-identical to
-the in-memory merge in `merge.py` (tested).
+the in-memory merge in `merge_adapter.py` (tested).
 
 Which tensors are linear weights is read from the model's own module tree, built on the meta device (no memory).
 Supports plain LoRA and rsLoRA; DoRA and `modules_to_save` adapters are refused (use the in-memory merge).

@@ -1,5 +1,5 @@
-"""A base weight as training saw it: the one helper the in-memory merge (merge.py) and the streamed merge
-(streamed_merge.py) share, kept below both so neither imports the other."""
+"""A base weight as training saw it: the one helper the in-memory merge (merge_adapter.py) and the streamed merge
+(streamed.py) share, kept below both so neither imports the other."""
 
 import torch
 
