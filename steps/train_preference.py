@@ -10,7 +10,7 @@ from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.training_step import training_checkpoints, training_outputs
-from llm_engineering.training.preference import train_preference as preference_training
+from llm_engineering.training.preference import train_preference as tune_on_pairs  # this step has its name
 
 prepare_process()  # this process runs a step: noise filters, MLflow system metrics, materializers
 
@@ -29,7 +29,7 @@ def train_preference(
     """DPO or ORPO of the adapter on the preference pairs; loss and reward curves stream to MLflow."""
     location = training_checkpoints(train, base_model, initial_adapter, data_summary, (adapter, train, preference))
     with scratch_output("tuned-adapter-") as out, location as checkpoints:
-        result = preference_training(
+        result = tune_on_pairs(
             base_model.config, adapter, train, preference, initial_adapter.path, train_dataset, eval_dataset, out,
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )

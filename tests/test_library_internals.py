@@ -10,12 +10,14 @@ from llm_engineering.training.trl_internals import record_metric
 
 
 def test_the_decoder_layers_call_the_attention_the_config_names_at_each_forward(tiny_model_dir):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     calls = []
-    eager = AttentionInterface._global_mapping["sdpa"]
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
     def counting(module, query, key, value, attention_mask, **kwargs):
         calls.append(module.layer_idx)
-        return eager(module, query, key, value, attention_mask, **kwargs)
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register("counting_for_test", counting)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")

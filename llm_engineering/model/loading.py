@@ -68,11 +68,14 @@ def hub_commit(repo_id: str, revision: Optional[str] = None, cache_dir: Optional
     commit; None: main) resolves to, as `from_pretrained` resolved it. None where the cache has no such snapshot.
     (transformers 5 no longer records it on the config as `_commit_hash`.)"""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
                                      allow_patterns=["config.json"])
-    except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds for "not in the cache"
+    except LocalEntryNotFoundError:
+        logger.warning("%s: no snapshot of revision %s in the hub cache; later steps load it unpinned",
+                       repo_id, revision or "main")
         return None
     return Path(snapshot).name
 
