@@ -11,8 +11,10 @@ answered wrongly, wall time) with the mean and the minimum, and writes JSON.
 """
 
 import argparse
+import atexit
 import json
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +78,7 @@ def main() -> None:
     for assignment in args.assignments:
         set_key(document["parameters"]["config"], assignment)
     repo = Path(tempfile.mkdtemp(prefix="default-seeds-"))
+    atexit.register(shutil.rmtree, repo, ignore_errors=True)  # a run leaves GBs of artifacts: the JSON is the result
     for name in ("configs", "data", "pipelines", "steps"):  # the config's relative paths and the pipeline's source
         (repo / name).symlink_to(ROOT / name)
     setup = subprocess.run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--root", str(repo)],

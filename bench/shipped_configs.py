@@ -9,7 +9,9 @@ wall time, the gate metric, the reason of a failure) and writes JSON. Nothing el
 """
 
 import argparse
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,7 @@ def main() -> None:
     names = args.only or sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))  # --only: in the order given
     names = sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
     repo = Path(tempfile.mkdtemp(prefix="shipped-configs-"))
+    atexit.register(shutil.rmtree, repo, ignore_errors=True)  # a run leaves GBs of artifacts: the JSON is the result
     for name in ("configs", "data", "pipelines", "steps"):  # the configs' relative paths and the pipelines' source
         (repo / name).symlink_to(ROOT / name)
     setup = subprocess.run([sys.executable, "-m", "llm_engineering.orchestration.stack", "--root", str(repo)],

@@ -13,6 +13,8 @@ import tempfile
 
 # One throw-away ZenML store for the whole session, set before anything imports zenml (its config is a singleton).
 os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="zenml-config-")
+# Its local artifact store holds every run's models (GBs): gone when the process ends, or disks fill run by run.
+atexit.register(shutil.rmtree, os.environ["ZENML_CONFIG_PATH"], ignore_errors=True)
 # And one datasets cache: a warm cache from an earlier run must not decide whether a test passes.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf-datasets-")
 atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
