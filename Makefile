@@ -11,7 +11,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export ZENML_LOGGING_VERBOSITY ?= WARN
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser cron setup run dpo orpo test test-fast ui dashboard serve docs clean
+.PHONY: install browser cron setup run dpo orpo grpo test test-fast ui dashboard serve docs clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,9 @@ dpo: setup
 
 orpo: setup
 	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/orpo.yaml
+
+grpo: setup
+	$(BIN)/zenml pipeline run pipelines.preference.preference --config configs/grpo.yaml
 
 # Two pytest workers, one core and one torch thread each (tests/conftest.py), a test file at a time: most tests wait on
 # processes, databases and servers rather than on matmuls, and files share their module fixtures.

@@ -416,14 +416,30 @@ DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard
                      "apo_down", "sigmoid_norm"]
 
 
+class RewardConfig(_Section):
+    """One GRPO reward: a built-in (scoring a completion against the row's reference answer) or a user's own."""
+
+    function: str = Field(description="a built-in (json_exact_match, json_fields, json_valid, exact_match, contains, "
+                                      "rouge_l, stops, length_penalty) or module:function with TRL's reward "
+                                      "signature f(prompts, completions, **columns) -> list[float]")
+    weight: float = Field(1.0, description="its weight in the summed reward")
+
+
 class PreferenceConfig(_Section):
     """Preference tuning of the adapter (the preference pipeline): DPO against the starting adapter frozen as the
-    reference (TRL copies it into a second adapter, so there is no second model), or ORPO (no reference). Learning
-    rate, steps, batch size, max_length and checkpoints come from `train`."""
+    reference (TRL copies it into a second adapter, so there is no second model), ORPO (no reference), or GRPO
+    (sampled completions scored by reward functions against each pair's chosen answer; the rejected one is unused).
+    Learning rate, steps, batch size, max_length and checkpoints come from `train`."""
 
-    method: Literal["dpo", "orpo"] = "dpo"  # dpo (from a start adapter or a fresh one) or orpo (no reference model)
-    beta: float = Field(0.1, gt=0, description="dpo: how far from the reference the policy may move (lower: "
-                                               "further); orpo: the weight of the odds-ratio term (lambda)")
+    method: Literal["dpo", "orpo", "grpo"] = "dpo"  # dpo/grpo (from a start adapter or a fresh one), orpo
+    beta: float = Field(0.1, ge=0, description="dpo: how far from the reference the policy may move (lower: "
+                                               "further); orpo: the weight of the odds-ratio term (lambda); grpo: "
+                                               "the KL penalty against the start adapter (0: none)")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="grpo: the reward functions, summed with "
+                                        "their weights")
+    num_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt (the group compared)")
+    max_completion_length: int = Field(64, ge=1, description="grpo: tokens generated per completion at most")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of the completions")
     loss_type: DPO_LOSSES = Field("sigmoid", description="dpo's loss (sigmoid: the DPO paper's; ipo, hinge, ...)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo (sigmoid): assumed share of flipped labels")
     sft_loss_weight: float = Field(0.0, ge=0.0, description="dpo: add the chosen answer's NLL with this weight "
@@ -442,10 +458,16 @@ class PreferenceConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _orpo_has_no_dpo_loss(self) -> "PreferenceConfig":
-        if self.method == "orpo" and (self.loss_type != "sigmoid" or self.label_smoothing or self.sft_loss_weight):
-            raise ValueError("loss_type, label_smoothing and sft_loss_weight are DPO settings; ORPO has one loss "
-                             "(its NLL term is built in; set method: dpo)")
+    def _settings_of_the_method(self) -> "PreferenceConfig":
+        if self.method != "dpo" and (self.loss_type != "sigmoid" or self.label_smoothing or self.sft_loss_weight):
+            raise ValueError(f"loss_type, label_smoothing and sft_loss_weight are DPO settings; {self.method} has "
+                             "its own loss (set method: dpo)")
+        if self.method == "grpo" and not self.rewards:
+            raise ValueError("grpo needs at least one reward: rewards: [{function: json_exact_match}]")
+        if self.method != "grpo" and self.rewards:
+            raise ValueError(f"rewards are GRPO settings; {self.method} learns from the chosen/rejected pairs")
+        if self.method != "grpo" and self.beta == 0:
+            raise ValueError(f"{self.method}: beta must be > 0 (0 turns the KL penalty off in grpo only)")
         return self
 
 
@@ -485,6 +507,11 @@ class RunConfig(_Section):
         if init.startswith("pissa") and self.merge.base_weights != "original":
             raise ValueError(f"adapter.init_lora_weights={init} trains against residual base weights and is exported "
                              "as a plain LoRA for the original weights: set merge.base_weights: original")
+        completions = self.train.per_device_batch_size * self.train.gradient_accumulation_steps
+        if self.preference.method == "grpo" and completions % self.preference.num_generations:
+            raise ValueError(f"grpo: a step's completions (train.per_device_batch_size x gradient_accumulation_steps "
+                             f"= {completions}) must be whole groups of preference.num_generations "
+                             f"({self.preference.num_generations})")
         return self
 
 

@@ -1,9 +1,9 @@
-"""The preference-tuning DAG: the finetune pipeline's stages with DPO or ORPO in place of SFT.
+"""The preference-tuning DAG: the finetune pipeline's stages with DPO, ORPO or GRPO in place of SFT.
 
     zenml pipeline run pipelines.preference.preference --config configs/dpo.yaml
 
 load preference pairs -> load base model -> the start adapter (an earlier SFT run's, by registered model, ZenML
-artifact or path; or a fresh one) -> DPO/ORPO -> merge -> evaluate the base, the start and the tuned model on the
+artifact or path; or a fresh one) -> DPO/ORPO/GRPO -> merge -> evaluate the base, the start and the tuned model on the
 held-out pairs' chosen answers -> export + registry gate. The config schema, compile-time checks, steps and tracking
 are the finetune pipeline's; the same bad config or bad row stops the run before any model loads.
 """

@@ -26,7 +26,7 @@ def train_preference(
     train: TrainConfig,
     preference: PreferenceConfig,
 ) -> Tuple[Annotated[CheckpointDir, "trained_adapter"], Annotated[Report, "training_metrics"]]:
-    """DPO or ORPO of the adapter on the preference pairs; loss and reward curves stream to MLflow."""
+    """DPO, ORPO or GRPO of the adapter on the preference pairs; loss and reward curves stream to MLflow."""
     location = training_checkpoints(train, base_model, initial_adapter, data_summary, (adapter, train, preference))
     with scratch_output("tuned-adapter-") as out, location as checkpoints:
         result = tune_on_pairs(

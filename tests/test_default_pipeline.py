@@ -370,10 +370,11 @@ PREFERENCE_STEPS = {"load_dataset", "chosen_conversations", "load_base_model", "
                     "export_model"}
 
 
-def test_dpo_yaml_as_shipped_compiles_from_the_default_runs_champion(default_run, shared_repo):
+@pytest.mark.parametrize("name", ["dpo", "grpo"])
+def test_configs_that_start_from_the_default_runs_champion_compile_as_shipped(name, default_run, shared_repo):
     from tests.test_shipped_configs import compile_shipped
 
-    compile_shipped("dpo", shared_repo)
+    compile_shipped(name, shared_repo)
 
 
 def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, shared_repo, capfd):

@@ -20,6 +20,7 @@ import yaml
 from transformers import AutoTokenizer
 from zenml.enums import ExecutionStatus
 
+from llm_engineering.config import AdapterConfig
 from tests.model_families import FAMILIES
 from tests.pipeline_helpers import PROJECT, in_repo, run_in_process
 
@@ -43,8 +44,10 @@ COVERED_BY = {
     "cpu_fastest": "end to end here: unquantized, regionally compiled layers",
     "llm_engineers_handbook": "end to end here: unquantized, gradient accumulation, linear schedule, a module list",
     "orpo": "end to end here: ORPO from a fresh adapter in the preference pipeline",
+    "grpo": "end to end here: GRPO's rewards in the preference pipeline, from a fresh adapter (its champion is the "
+            "embedded model's); compiled as shipped from that champion in test_default_pipeline.py",
 }
-END_TO_END = ["data_text", "data_tools", "cpu_fastest", "llm_engineers_handbook", "orpo"]
+END_TO_END = ["data_text", "data_tools", "cpu_fastest", "llm_engineers_handbook", "orpo", "grpo"]
 # Each of those runs a family whose trait its path meets, so that every family the pipeline supports runs it end to
 # end without a run of its own (tests/test_model_families.py takes all of them through each stage's library call).
 FAMILY_OF = {
@@ -53,7 +56,11 @@ FAMILY_OF = {
     "cpu_fastest": "qwen3",  # unquantized, its decoder layers (q/k norms) compiled one by one
     "llm_engineers_handbook": "llama3",  # llama3 rope scaling; its module list names Llama's own projections
     "orpo": "phi3",  # fused qkv_proj / gate_up_proj in the preference pipeline
+    "grpo": "mistral",  # sliding-window attention while sampling completions
 }
+# Registered champions of the embedded model are where these start (models:/...@champion): compiled beside the default
+# run that registers it (test_default_pipeline.py); end to end here from a fresh adapter on the tiny family model.
+STARTS_FROM_CHAMPION = ("dpo", "grpo")
 
 
 def load(name: str) -> dict:
@@ -74,6 +81,10 @@ def shrink(document: dict, tiny_model_dir: Path) -> dict:
     train.update(max_steps=2, eval_steps=2, logging_steps=1)
     train["checkpoint_steps"] = None
     cfg.setdefault("eval", {}).update(max_rows=4, max_new_tokens=8)
+    preference = cfg.get("preference", {})
+    preference.pop("start_adapter", None)  # STARTS_FROM_CHAMPION: a champion of another model
+    if preference.get("method") == "grpo":
+        preference["max_completion_length"] = 8
     return document
 
 
@@ -97,9 +108,9 @@ def compile_shipped(name: str, repo) -> None:
     assert parameters.get("config") == document["parameters"]["config"]
 
 
-# dpo.yaml's start adapter (models:/smollm2-booking@champion) is checked when it compiles: test_default_pipeline.py
-# compiles it beside the run that registers that champion.
-@pytest.mark.parametrize("name", [c for c in RUN_CONFIGS if c != "dpo"])
+# dpo.yaml's and grpo.yaml's start adapter (models:/smollm2-booking@champion) is checked when they compile:
+# test_default_pipeline.py compiles them beside the run that registers that champion.
+@pytest.mark.parametrize("name", [c for c in RUN_CONFIGS if c not in STARTS_FROM_CHAMPION])
 def test_every_shipped_config_compiles_on_the_local_stack(name, shared_repo):
     compile_shipped(name, shared_repo)
 
@@ -142,7 +153,7 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
     run = run_in_process(shared_repo, config, PIPELINES[pipeline_of(document)])
     steps = run.steps
     cfg = document["parameters"]["config"]
-    adapter = cfg["adapter"]
+    adapter = {**AdapterConfig().model_dump(), **cfg.get("adapter", {})}  # grpo.yaml: a start adapter's, shrunk: fresh
 
     assert run.status == ExecutionStatus.COMPLETED
     assert all(s.status in (ExecutionStatus.COMPLETED, ExecutionStatus.CACHED) for s in steps.values()), \
@@ -177,8 +188,9 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
     assert (output_dir / "model.safetensors").exists() or list(output_dir.glob("model-*.safetensors"))
     card = (output_dir / "README.md").read_text()  # says how the model was trained
     method = cfg.get("preference", {}).get("method")
-    assert (f"tuned with TRL {method.upper()} on preference pairs, from a fresh adapter" if method else
-            "trained with TRL SFT") in card
+    rewards = ", ".join(r["function"] for r in cfg.get("preference", {}).get("rewards", []))
+    assert {None: "trained with TRL SFT", "orpo": "tuned with TRL ORPO on preference pairs, from a fresh adapter",
+            "grpo": f"tuned with TRL GRPO on sampled completions scored by {rewards}, from a fresh adapter"}[method] in card
     assert ("\npreference:\n" in card) == bool(method)  # no preference settings on an SFT model's card
     exported = json.loads((output_dir / "config.json").read_text())  # the family as it came, tied where it was
     assert exported["architectures"] == [family.model_class]
@@ -190,6 +202,14 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
     if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
         assert data["format"] == "text" and export["finetuned_perplexity"] > 1
         assert export["promotion_reason"] == "no champion yet"
+    elif name == "grpo":  # every reward's curve, the KL and the completions' length reached MLflow
+        from mlflow import MlflowClient
+
+        mlflow_run = MlflowClient(shared_repo.uri).get_run(export["mlflow_run_id"])
+        curves = mlflow_run.data.metrics
+        rewards = {f"train_rewards/{r['function']}/mean" for r in cfg["preference"]["rewards"]}
+        assert rewards | {"train_reward", "train_kl", "train_completions/mean_length"} <= set(curves)
+        assert "pref_reward_first" in training
     elif name == "data_tools":
         rows = steps["load_dataset"].outputs["train_dataset"][0].load()
         assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"

@@ -47,6 +47,9 @@ def training_method(method: str, config: dict[str, Any]) -> str:
         return "trained with TRL SFT"
     start = (config.get("preference") or {}).get("start_adapter")
     origin = f", starting from the adapter `{start}`" if start else ", from a fresh adapter"
+    if method == "grpo":
+        rewards = ", ".join(r["function"] for r in config["preference"].get("rewards", []))
+        return f"tuned with TRL GRPO on sampled completions scored by {rewards}{origin}"
     return f"tuned with TRL {method.upper()} on preference pairs{origin}"
 
 

@@ -1,9 +1,10 @@
-"""Preference tuning of the LoRA adapter with TRL: DPO (DPOTrainer) or ORPO (TRL's experimental ORPOTrainer).
+"""Preference tuning of the LoRA adapter with TRL: DPO (DPOTrainer), ORPO (TRL's experimental ORPOTrainer), or GRPO
+(GRPOTrainer: completions sampled per prompt, scored by reward functions against the pair's chosen answer).
 
 The starting adapter (a fresh one, or the SFT run's trained adapter) is loaded trainable. For DPO, TRL copies it into a
 frozen "ref" adapter on the same model and computes the reference log-probabilities through it, so the reference is the
 starting adapter and no second model is loaded. ORPO has no reference: it adds an odds-ratio term to the chosen
-response's NLL. Rows arrive validated by the dataset step (`prompt`, `chosen`, `rejected` as chat messages); the
+response's NLL. GRPO's reference is the start adapter too (TRL's "ref" copy, used when `beta` > 0). Rows arrive validated by the dataset step (`prompt`, `chosen`, `rejected` as chat messages); the
 trainer templates and tokenizes them as the dataset step measured them (tested).
 """
 
@@ -25,6 +26,7 @@ from llm_engineering.training.heap import heap_kept
 from llm_engineering.training.memory import out_of_memory_advice, peak_memory_bytes
 from llm_engineering.training.progress import use_console_progress
 from llm_engineering.training.resume import checkpoint_step, last_checkpoint
+from llm_engineering.training.rewards import completion_text, reward_functions
 
 logger = logging.getLogger(__name__)
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -53,6 +55,9 @@ class PreferenceResult:
             "pref_peak_memory_gib": self.peak_memory_bytes / 2**30,
             "pref_resumed_from_step": self.resumed_from_step,
         }
+        rewards = [entry["reward"] for entry in self.log_history if "reward" in entry]
+        if rewards:  # grpo: the summed reward of the sampled completions, where the curve starts and ends
+            metrics.update(pref_reward_first=float(rewards[0]), pref_reward_final=float(rewards[-1]))
         for key in REWARD_KEYS:
             if f"eval_{key}" in self.eval:
                 metrics[f"pref_eval_reward_{key.split('/')[1]}"] = float(self.eval[f"eval_{key}"])
@@ -63,8 +68,17 @@ class PreferenceResult:
 
 def trainer_arguments(pref: PreferenceConfig, cfg: TrainConfig, adapter_cfg: AdapterConfig, model_cfg: ModelConfig,
                       output_dir: str):
-    """TRL's DPOConfig or ORPOConfig from the preference and train sections."""
+    """TRL's DPOConfig, ORPOConfig or GRPOConfig from the preference and train sections."""
     common = dict(common_trainer_arguments(cfg, adapter_cfg, model_cfg, output_dir), beta=pref.beta)
+    if pref.method == "grpo":
+        from trl import GRPOConfig
+
+        del common["max_length"]  # GRPO's lengths: the prompt as the dataset step accepted it, + max_completion_length
+        # evaluation would sample completions again: the pipeline's evaluate steps score the tuned model instead
+        return GRPOConfig(**{**common, "eval_strategy": "no"}, num_generations=pref.num_generations,
+                          max_completion_length=pref.max_completion_length, temperature=pref.temperature,
+                          reward_weights=[r.weight for r in pref.rewards], remove_unused_columns=False,
+                          log_completions=False)
     if pref.method == "orpo":
         from trl.experimental.orpo import ORPOConfig
 
@@ -86,13 +100,37 @@ def pair_dataset(rows):
     return rows.select_columns(list(PAIR_COLUMNS))
 
 
+def prompt_dataset(rows):
+    """GRPO's rows: each pair's prompt, and its chosen answer's text as the `reference` the rewards compare with."""
+    from datasets import Dataset
+
+    rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
+    return Dataset.from_list([{"prompt": row["prompt"], "reference": completion_text(row["chosen"])} for row in rows])
+
+
 def build_trainer(model, tokenizer, pref: PreferenceConfig, args, train_rows, eval_rows, callbacks=None):
+    if pref.method == "grpo":
+        from trl import GRPOTrainer
+
+        functions, _ = reward_functions(pref)
+        return GRPOTrainer(model=model, reward_funcs=functions, args=args, train_dataset=prompt_dataset(train_rows),
+                           processing_class=tokenizer, callbacks=callbacks)
     if pref.method == "orpo":
         from trl.experimental.orpo import ORPOTrainer as Trainer
     else:
         from trl import DPOTrainer as Trainer
     return Trainer(model=model, args=args, train_dataset=pair_dataset(train_rows), eval_dataset=pair_dataset(eval_rows),
                    processing_class=tokenizer, callbacks=callbacks)
+
+
+def final_evaluation(trainer, pref: PreferenceConfig) -> dict:
+    """The last evaluation on the held-out pairs (DPO/ORPO; run now if the last step had none). GRPO has none: its
+    rewards are the training curves, and the pipeline's evaluate steps score the tuned model."""
+    if pref.method == "grpo":
+        return {}
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
+    return evals[-1] if final_eval_done else trainer.evaluate()
 
 
 def train_preference(
@@ -127,9 +165,7 @@ def train_preference(
         with out_of_memory_advice(model_cfg, adapter_cfg, cfg), heap_kept(on_cpu=model.device.type == "cpu"):
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - start
-        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-        final_eval_done = bool(evals) and evals[-1].get("step") == trainer.state.global_step
-        eval_metrics = evals[-1] if final_eval_done else trainer.evaluate()
+        eval_metrics = final_evaluation(trainer, pref)
         tuned = trainer.model
         if "ref" in getattr(tuned, "peft_config", {}):  # DPO's frozen copy of the start: not part of the result
             tuned.delete_adapter("ref")

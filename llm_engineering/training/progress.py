@@ -34,6 +34,7 @@ class TrainingProgress(TrainerCallback):
         tokens = state.num_input_tokens_seen - self.start[1]
         figures = {"loss": logs.get("loss"), "eval_loss": logs.get("eval_loss"),
                    "reward accuracy": logs.get("rewards/accuracies"),  # DPO/ORPO
+                   "reward": logs.get("reward"), "kl": logs.get("kl"),  # GRPO: the summed reward of the samples
                    "tokens/s": round(tokens / seconds) if seconds > 0 and tokens > 0 else None}
         self.progress.update(0, **{k: v for k, v in figures.items() if v is not None})
 
