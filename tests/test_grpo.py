@@ -62,6 +62,12 @@ def test_grpo_scores_sampled_completions_against_each_rows_reference_and_logs_ev
     assert curves[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     metrics = result.metrics()
     assert metrics["pref_reward_first"] == pytest.approx(curves[0]["reward"])
+    # the table of sampled completions: two groups a logging step, each reward's value and the weighted total
+    assert [row["step"] for row in result.samples] == [step for step in range(3) for _ in range(8)]
+    row = result.samples[-1]
+    assert json.dumps(row["reference"]) in references and row["prompt"] == SEEN[-1]["prompts"][7][-1]["content"]
+    assert row["completion"] == completion_text(SEEN[-1]["completions"][7])
+    assert row["total"] == pytest.approx(row["json_fields"] + row["tests.test_grpo.recording"] + row["stops"])
     saved = load_file(tmp_path / "grpo-adapter" / "adapter_model.safetensors")
     assert saved and not any(".ref." in key for key in saved)
 

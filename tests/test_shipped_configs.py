@@ -210,6 +210,9 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
         rewards = {f"train_rewards/{r['function']}/mean" for r in cfg["preference"]["rewards"]}
         assert rewards | {"train_reward", "train_kl", "train_completions/mean_length"} <= set(curves)
         assert "pref_reward_first" in training
+        table = json.loads(Path(MlflowClient(shared_repo.uri).download_artifacts(
+            export["mlflow_run_id"], "grpo_completions.json")).read_text())  # what was sampled, what it earned
+        assert {"step", "prompt", "completion", "reference", "total"} <= set(table["columns"]) and table["data"]
     elif name == "data_tools":
         rows = steps["load_dataset"].outputs["train_dataset"][0].load()
         assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"

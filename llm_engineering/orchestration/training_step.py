@@ -33,6 +33,8 @@ def training_outputs(result, adapter_dir: Path, adapter_params: dict) -> tuple[C
         picture = loss_curve(result.log_history, Path(plots) / "loss_curve.png")
         tracking.log_artifact(picture, "training")
         views = {"loss_curve.png": picture.read_bytes()}
+    if getattr(result, "samples", None):  # grpo: what was sampled and what each reward gave it
+        tracking.log_table(result.samples, "grpo_completions.json")
     if result.resumed_from_step:  # say so where users look: the MLflow run and the step's metadata
         tracking.log_metrics({"train_resumed_from_step": result.resumed_from_step})
     log_metadata(metadata={**metrics, **process_metadata()})

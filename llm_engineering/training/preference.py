@@ -26,7 +26,7 @@ from llm_engineering.training.heap import heap_kept
 from llm_engineering.training.memory import out_of_memory_advice, peak_memory_bytes
 from llm_engineering.training.progress import use_console_progress
 from llm_engineering.training.resume import checkpoint_step, last_checkpoint
-from llm_engineering.training.rewards import completion_text, reward_functions
+from llm_engineering.training.rewards import SampledCompletions, completion_text, reward_functions, reward_weights
 
 logger = logging.getLogger(__name__)
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -45,6 +45,7 @@ class PreferenceResult:
     peak_memory_bytes: int
     resumed_from_step: int = 0
     log_history: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)  # grpo: sampled completions and their rewards (a table)
 
     def metrics(self) -> dict[str, float]:
         metrics = {
@@ -108,13 +109,13 @@ def prompt_dataset(rows):
     return Dataset.from_list([{"prompt": row["prompt"], "reference": completion_text(row["chosen"])} for row in rows])
 
 
-def build_trainer(model, tokenizer, pref: PreferenceConfig, args, train_rows, eval_rows, callbacks=None):
+def build_trainer(model, tokenizer, pref: PreferenceConfig, args, train_rows, eval_rows, callbacks=None,
+                  samples: Optional[SampledCompletions] = None):
     if pref.method == "grpo":
         from trl import GRPOTrainer
 
-        functions, _ = reward_functions(pref)
-        return GRPOTrainer(model=model, reward_funcs=functions, args=args, train_dataset=prompt_dataset(train_rows),
-                           processing_class=tokenizer, callbacks=callbacks)
+        return GRPOTrainer(model=model, reward_funcs=reward_functions(pref, samples), args=args,
+                           train_dataset=prompt_dataset(train_rows), processing_class=tokenizer, callbacks=callbacks)
     if pref.method == "orpo":
         from trl.experimental.orpo import ORPOTrainer as Trainer
     else:
@@ -159,7 +160,8 @@ def train_preference(
         if resume:
             logger.warning("Resuming training from %s (step %d of %s)", resume, checkpoint_step(resume), cfg.max_steps)
         args = trainer_arguments(pref, cfg, adapter_cfg, model_cfg, str(work_dir))
-        trainer = build_trainer(model, tokenizer, pref, args, train_rows, eval_rows, callbacks)
+        samples = SampledCompletions(cfg.logging_steps, pref.num_generations) if pref.method == "grpo" else None
+        trainer = build_trainer(model, tokenizer, pref, args, train_rows, eval_rows, callbacks, samples)
         use_console_progress(trainer)
         start = time.perf_counter()
         with out_of_memory_advice(model_cfg, adapter_cfg, cfg), heap_kept(on_cpu=model.device.type == "cpu"):
@@ -180,5 +182,5 @@ def train_preference(
         final_train_loss=float(losses[-1]) if losses else float("nan"),
         eval={k: float(v) for k, v in eval_metrics.items() if isinstance(v, (int, float))},
         peak_memory_bytes=peak_memory_bytes(), resumed_from_step=checkpoint_step(resume) if resume else 0,
-        log_history=history,
+        log_history=history, samples=samples.rows(reward_weights(pref)) if samples else [],
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 from llm_engineering.config import PreferenceConfig, RewardConfig
 from llm_engineering.scoring import SCORERS, answer_of, json_fields
@@ -85,8 +85,42 @@ def reward_function(reward: RewardConfig, max_completion_length: int) -> Callabl
     return user_reward(reward.function)
 
 
-def checked(function: Callable, name: str) -> Callable:
-    """`function` with its output checked on every call: one finite number (or None) per completion."""
+class SampledCompletions:
+    """What GRPO sampled and what each reward gave it: the first `groups` groups of completions at every `every`-th
+    step, as table rows (step, prompt, completion, reference, one column per reward): what a user reads to see what
+    the rewards actually reward. Filled by the checked reward functions, which see every batch."""
+
+    def __init__(self, every: int, group_size: int, groups: int = 2):
+        self.every, self.size = max(1, every), group_size * groups
+        self._rows: dict[tuple[int, int], dict] = {}
+
+    def record(self, name: str, prompts, completions, values, columns: dict) -> None:
+        state = columns.get("trainer_state")
+        step = state.global_step if state is not None else 0
+        if step % self.every:
+            return
+        references = columns.get("reference") or [None] * len(completions)
+        for i in range(min(self.size, len(completions))):
+            row = self._rows.setdefault((step, i), {
+                "step": step, "prompt": _last_user_text(prompts[i]), "completion": completion_text(completions[i]),
+                "reference": references[i]})
+            row[name] = values[i]
+
+    def rows(self, weights: dict[str, float]) -> list[dict]:
+        """Every row recorded, with `total`: the weighted sum the advantages are computed from."""
+        return [{**row, "total": sum(w * (row.get(n) or 0.0) for n, w in weights.items())}
+                for _, row in sorted(self._rows.items())]
+
+
+def _last_user_text(prompt) -> str:
+    if isinstance(prompt, list):
+        return next((m.get("content") or "" for m in reversed(prompt) if m.get("role") == "user"), "")
+    return str(prompt)
+
+
+def checked(function: Callable, name: str, samples: Optional[SampledCompletions] = None) -> Callable:
+    """`function` with its output checked on every call: one finite number (or None) per completion; and recorded in
+    `samples`."""
 
     def reward(prompts, completions, **columns):
         values = function(prompts=prompts, completions=completions, **columns)
@@ -99,16 +133,23 @@ def checked(function: Callable, name: str) -> Callable:
             if bad:
                 raise RewardError(f"reward {name!r} returned {value!r} for the completion of row {i} of the batch "
                                   f"(prompt {str(prompts[i])[:200]!r}): a finite number or None is needed")
+        if samples is not None:
+            samples.record(reward.__name__, prompts, completions, values, columns)
         return list(values)
 
     reward.__name__ = name.replace(":", ".")  # TRL's curve names: rewards/<name>/mean
     return reward
 
 
-def reward_functions(pref: PreferenceConfig) -> tuple[list[Callable], list[float]]:
-    """The configured rewards, checked, and their weights: what GRPOTrainer takes. RewardError before any training."""
-    functions = [checked(reward_function(r, pref.max_completion_length), r.function) for r in pref.rewards]
-    return functions, [r.weight for r in pref.rewards]
+def reward_functions(pref: PreferenceConfig, samples: Optional[SampledCompletions] = None) -> list[Callable]:
+    """The configured rewards, checked (and recorded in `samples`): what GRPOTrainer takes, in the order of
+    `pref.rewards` (their weights go to GRPOConfig). RewardError before any training."""
+    return [checked(reward_function(r, pref.max_completion_length), r.function, samples) for r in pref.rewards]
+
+
+def reward_weights(pref: PreferenceConfig) -> dict[str, float]:
+    """Each reward's weight under its curve's name."""
+    return {r.function.replace(":", "."): r.weight for r in pref.rewards}
 
 
 def check_rewards(pref: PreferenceConfig) -> None:
