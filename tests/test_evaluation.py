@@ -45,7 +45,7 @@ def test_contains_matches_whole_words_and_numbers_ignoring_case():
 
 
 def test_a_reasoning_models_think_block_is_not_part_of_the_scored_answer():
-    from llm_engineering.evaluation.generation import SCORERS, answer_of
+    from llm_engineering.scoring import SCORERS, answer_of
 
     answer = '{"name": "Ann", "people": 2}'
     thought = f"<think>\nTwo people, Ann.\n</think>\n\n{answer}"

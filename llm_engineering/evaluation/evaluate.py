@@ -19,15 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from llm_engineering.evaluation.generation import (  # noqa: F401  (the scorers, re-exported by the package)
-    SCORERS,
-    contains,
-    evaluate_generation,
-    generate,
-    json_equal,
-    json_valid,
-    rouge_l,
-)
+from llm_engineering.evaluation.generation import evaluate_generation
 from llm_engineering.evaluation.perplexity import perplexity
 
 PROBES = Path(__file__).with_name("probes.jsonl")

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from llm_engineering.data.formats import chat_messages, row_tools
 from llm_engineering.model.generation import generate
-from llm_engineering.scoring import (  # noqa: F401  (re-exported: the evaluation's metrics)
-    SCORERS, THINKING, answer_of, contains, json_equal, json_valid, rouge_l,
-)
+from llm_engineering.scoring import SCORERS, answer_of
 
 
 @dataclass(frozen=True)

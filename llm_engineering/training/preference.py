@@ -102,11 +102,11 @@ def pair_dataset(rows):
 
 
 def prompt_dataset(rows):
-    """GRPO's rows: each pair's prompt, and its chosen answer's text as the `reference` the rewards compare with."""
-    from datasets import Dataset
-
-    rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
-    return Dataset.from_list([{"prompt": row["prompt"], "reference": completion_text(row["chosen"])} for row in rows])
+    """GRPO's rows: each pair's prompt, and its chosen answer's text as the `reference` the rewards compare with
+    (a datasets.Dataset, mapped in batches rather than copied into Python objects; or a list of rows)."""
+    pairs = pair_dataset(rows)
+    return pairs.map(lambda batch: {"reference": [completion_text(c) for c in batch["chosen"]]}, batched=True,
+                     remove_columns=["chosen", "rejected"])
 
 
 def build_trainer(model, tokenizer, pref: PreferenceConfig, args, train_rows, eval_rows, callbacks=None,

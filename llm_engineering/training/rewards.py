@@ -137,8 +137,13 @@ def checked(function: Callable, name: str, samples: Optional[SampledCompletions]
             samples.record(reward.__name__, prompts, completions, values, columns)
         return list(values)
 
-    reward.__name__ = name.replace(":", ".")  # TRL's curve names: rewards/<name>/mean
+    reward.__name__ = curve_name(name)
     return reward
+
+
+def curve_name(function: str) -> str:
+    """A reward's name in TRL's curves (rewards/<name>/mean) and in the table of samples."""
+    return function.replace(":", ".")
 
 
 def reward_functions(pref: PreferenceConfig, samples: Optional[SampledCompletions] = None) -> list[Callable]:
@@ -149,7 +154,7 @@ def reward_functions(pref: PreferenceConfig, samples: Optional[SampledCompletion
 
 def reward_weights(pref: PreferenceConfig) -> dict[str, float]:
     """Each reward's weight under its curve's name."""
-    return {r.function.replace(":", "."): r.weight for r in pref.rewards}
+    return {curve_name(r.function): r.weight for r in pref.rewards}
 
 
 def check_rewards(pref: PreferenceConfig) -> None:
