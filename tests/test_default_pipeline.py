@@ -317,7 +317,7 @@ def broken_rerun(default_run):
     config = yaml.safe_load((PROJECT / "configs" / "default.yaml").read_text())
     parameters = config["parameters"]["config"]
     parameters["train"].update(learning_rate=0.05, max_steps=4, checkpoint_steps=None, eval_steps=4)
-    parameters["export"]["gguf"] = ["f16"]  # the wiring; q8_0 is written and checked in tests/test_gguf.py
+    parameters["export"]["gguf"] = ["f16"]  # the wiring; the other types are made and checked in tests/test_gguf.py
     parameters["eval"]["harness"] = {"tasks": ["general_mc"], "include_path": "data/harness", "limit": 8}
     done = run_pipeline(root, write_config(root / "broken.yaml", parameters, model=config["model"]), timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -352,7 +352,8 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps_and_the_
 def test_the_broken_rerun_ships_gguf_files_that_reproduce_it_and_the_harness_scores(default_run, broken_rerun):
     _, run = broken_rerun
     decision = run.steps["export_model"].run_metadata
-    assert decision["gguf_f16_top1_agreement"] == 1.0
+    # made by llama.cpp's converter and checked in llama.cpp against the merged model (tests/test_gguf.py: the bars)
+    assert decision["gguf_f16_top1_agreement"] >= 0.99 and decision["gguf_f16_mean_kl"] <= 1e-4
     export_dir = default_run["root"] / "outputs" / NAME
     assert {"model-f16.gguf", "Modelfile"} <= {p.name for p in export_dir.iterdir()}
     uri = default_run["uri"]

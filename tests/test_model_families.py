@@ -93,7 +93,9 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "in_memory")
-    export = write_export(merged, tokenizer, tmp_path / "export", "card")
+    gguf_types = ["f16", "q4_k_m"] if name in GGUF_CHECKED else []
+    export = write_export(merged, tokenizer, tmp_path / "export", "card", gguf_types=gguf_types,
+                          check_rows=[split.eval[i] for i in range(4)])
     reloaded, exported_tokenizer, diff = verify_export(export, merged, [split.eval[i] for i in range(4)])
     assert diff <= 1e-5
     config = json.loads((export / "config.json").read_text())
@@ -105,6 +107,25 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
     expected_ends = {ids(family.end_of_turn), *(ids(t) for t in family.end_tokens)}
     assert expected_ends <= set(generation["eos_token_id"] if isinstance(generation["eos_token_id"], list)
                                 else [generation["eos_token_id"]])
+    if gguf_types:  # llama.cpp's converter and quantizer, each file checked in llama.cpp against the merged model
+        reports = json.loads((export / "gguf_check.json").read_text())
+        assert [r["gguf_type"] for r in reports] == gguf_types and all(r["tokenizer_ids_equal"] for r in reports)
+        assert reports[0]["top1_agreement"] >= 0.99 and reports[0]["mean_kl"] <= 1e-4
+
+
+# The families whose tiny checkpoints llama.cpp reproduces (bench/results/gguf_fidelity.json). The others' files
+# fail the check and are not exported: the SentencePiece families' tiny tokenizers have their turn markers as added
+# tokens, which llama.cpp splits (real Gemma, Mistral and Phi-3 models carry them in tokenizer.model), Gemma 3's and
+# Mistral's logits differ beyond their tiny sliding windows; Qwen2's hybrid tokenizer (the Qwen2 pre-tokenizer over
+# SmolLM2's vocabulary) is refused when the pipeline compiles (test below).
+GGUF_CHECKED = ("llama3", "qwen3")
+
+
+def test_a_tokenizer_llama_cpp_does_not_know_is_refused_gguf_when_the_pipeline_compiles(family_checkpoint):
+    from llm_engineering.export.gguf_file import GGUFError, check_model_supports_gguf
+
+    with pytest.raises(GGUFError, match="converter failed on qwen2.*BPE pre-tokenizer was not recognized"):
+        check_model_supports_gguf(model_cfg(family_checkpoint("qwen2")), ["q4_k_m"])
 
 
 def test_an_attention_the_family_cannot_run_is_refused_before_the_weights_load(family_checkpoint):

@@ -1,56 +1,45 @@
-"""GGUF files of the merged model, for llama.cpp, Ollama and LM Studio, written with the `gguf` package.
+"""GGUF files of the merged model, for llama.cpp, Ollama and LM Studio: made by llama.cpp's own converter and quantizer
+(llm_engineering/export/llama_cpp.py) and checked in llama.cpp itself before anything is exported.
 
-`export.gguf: [f16, q8_0]` writes `model-<type>.gguf` into the export for Llama-architecture models: the weights in
-the layout llama.cpp expects (its tensor names; q/k rows permuted as its converter does), the hyperparameters, the
-BPE tokenizer (tokens, token types, merges, pre-tokenizer type, special tokens), the chat template and the
-end-of-turn token; and an Ollama `Modelfile` beside them.
-
-Each file is checked before anything is registered: transformers' own GGUF loader reloads it (undoing the
-permutation and the quantization), its logits on the eval prompts are compared with the merged model's (f16: with
-the merged weights rounded to f16, see CHECKS), and its tokenizer must encode the prompts to the same ids. Over a
-threshold the export fails, with nothing exported.
+`export.gguf: [f16, q8_0, q4_k_m, q5_k_m, q6_k]`: the converter writes `model-f16.gguf` from the export's safetensors
+(any architecture it knows: Llama, Qwen2/3, Gemma 2/3, Mistral, Phi-3, ...), the quantizer makes each other type from
+that file. llama.cpp then loads each file and it must, on the eval prompts:
+- encode them to the ids the model's own tokenizer gives,
+- choose the merged model's next token (teacher-forced top-1 agreement) at least as often as its type's floor
+  (MIN_TOP1), and keep its next-token distribution within its type's mean per-token KL divergence (MAX_KL),
+- end its greedy chat answer at the end-of-turn token wherever the merged model's answer ends there.
+Else the export fails naming the file and the figure, with nothing exported and the previous export intact.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from llm_engineering.config import ModelConfig, unwritable_gguf_types
+from llm_engineering.config import ModelConfig
+from llm_engineering.export.llama_cpp import LlamaCppError, conversion_problem, convert, missing_tools, quantize
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama"}
-# type: (max |Δlogit| allowed, min top-1 agreement) on the eval prompts. f16 is compared with the merged model's
-# matrices rounded to f16 (norms fp32), which is exactly what the file holds: measured 0.0 there, so any layout or
-# tokenizer error shows. Against full precision that rounding alone moves the default export's logits by 0.063 over
-# ~1,000 tokens (one near-tie flips), and a bar there would fail correct files. q8_0 is compared with the merged
-# model. Both comparisons with the merged model are reported (merged_*).
-CHECKS = {"f16": (1e-3, 1.0), "q8_0": (None, 0.95)}
-
-# llama.cpp recognises a BPE pre-tokenizer by the hash of the ids it gives this text (convert_hf_to_gguf.py,
-# get_vocab_base_pre); the ones of the models this project is used with.
-_PRE_TOKENIZER_PROBE = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 "
-    "333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= "
-    "нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure "
-    "I'll make it, 'D you like some tea? We'Ve a'lL"
-)
-PRE_TOKENIZERS = {
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
-}
+# Per type: the lowest teacher-forced top-1 agreement with the merged model (fp32) and the highest mean per-token KL
+# divergence allowed. Measured (bench/gguf_fidelity.py, bench/results/gguf_fidelity.json) on the default run's
+# export, 16 unseen booking prompts: f16 1.000 / 2.5e-6, q8_0 0.981 / 4.0e-3, q6_k 0.966 / 1.8e-2, q5_k_m 0.894 /
+# 0.12, q4_k_m 0.922 / 0.080; on the tests' tiny random Llama 3 (near-tied logits flip most easily) q4_k_m 0.845 and
+# q5_k_m 0.888. Each bar leaves room below (above) those; a broken file scores far lower (tests/test_gguf.py). f16's KL bar is tight on purpose: one matrix with its rows reversed moves
+# a tiny model's KL to 4e-4 while its top-1 barely moves (tests/test_gguf.py).
+MIN_TOP1 = {"f16": 0.99, "q8_0": 0.95, "q6_k": 0.9, "q5_k_m": 0.8, "q4_k_m": 0.8}
+MAX_KL = {"f16": 1e-4, "q8_0": 1e-2, "q6_k": 5e-2, "q5_k_m": 0.25, "q4_k_m": 0.25}  # nats per token
+ANSWER_TOKENS = 48  # the greedy chat answer compared for where it stops
 
 
 class GGUFError(RuntimeError):
-    """The model cannot be written as GGUF, or a written file does not reproduce the merged model."""
+    """The model cannot be made into GGUF, or a file does not reproduce the merged model in llama.cpp."""
 
 
 @dataclass(frozen=True)
@@ -58,213 +47,142 @@ class GGUFReport:
     gguf_type: str
     file: str
     bytes: int
-    max_abs_logit_diff: float
+    seconds: float  # converting (f16) or quantizing (the others)
     top1_agreement: float
+    mean_kl: float  # of llama.cpp's next-token distribution from the merged model's, per token (nats)
+    max_abs_logit_diff: float  # reported, not gated: it grows with the vocabulary and the logit scale
     tokenizer_ids_equal: bool
-    merged_max_abs_logit_diff: float
-    merged_top1_agreement: float
-
-
-def gguf_problems(config, tokenizer, gguf_types) -> list[str]:
-    """Why these GGUF types of this model cannot be written (empty: they can)."""
-    problems = [p for p in [unwritable_gguf_types(gguf_types)] if p]
-    architectures = getattr(config, "architectures", None) or [type(config).__name__]
-    if not any(a in ARCHITECTURES for a in architectures):
-        problems.append(f"export.gguf: architecture {architectures[0]} is not supported; GGUF export writes "
-                        f"{', '.join(ARCHITECTURES)} models")
-    rope = _rope(config)
-    if rope.get("rope_type", "default") != "default":
-        problems.append(f"export.gguf: rope type {rope['rope_type']!r} is not supported (only the default rope)")
-    if pre_tokenizer(tokenizer) is None:
-        problems.append("export.gguf: the tokenizer's BPE pre-tokenizer is not one llama.cpp knows by hash here "
-                        f"(known: {', '.join(sorted(set(PRE_TOKENIZERS.values())))})")
-    return problems
-
-
-def check_gguf_support(config, tokenizer, gguf_types) -> None:
-    problems = gguf_problems(config, tokenizer, gguf_types) if gguf_types else []
-    if problems:
-        raise GGUFError("; ".join(problems))
+    answer_stops: bool  # llama.cpp's greedy answer ended at an end-of-turn token
+    merged_answer_stops: bool  # ... as the merged model's did (the gate: not one without the other)
+    answer_equal: bool  # the same answer text
 
 
 def check_model_supports_gguf(model_cfg: ModelConfig, gguf_types) -> None:
-    """When the pipeline compiles: refuse a model these GGUF files cannot be written for, before any step runs.
-    A hub model not in the local cache is checked in the export step instead (no network at compile time)."""
+    """When the pipeline compiles: the tools are installed and llama.cpp's converter knows this model's architecture
+    and tokenizer, before any step runs. A hub model not in the local cache is checked in the export step instead."""
     if not gguf_types:
         return
-    from transformers import AutoConfig
-
-    from llm_engineering.model.loading import checkpoint_location, load_tokenizer
+    if problem := missing_tools():
+        raise GGUFError(problem)
+    from llm_engineering.model.loading import checkpoint_location
 
     try:
-        config = AutoConfig.from_pretrained(checkpoint_location(model_cfg), revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code)
-        tokenizer = load_tokenizer(model_cfg)
+        location = Path(checkpoint_location(model_cfg))
     except OSError as exc:
         logger.warning("export.gguf is checked in the export step: the model is not readable yet (%s)", exc)
         return
-    check_gguf_support(config, tokenizer, gguf_types)
+    if not (location / "config.json").is_file():
+        logger.warning("export.gguf is checked in the export step: %s is not a local checkpoint", location)
+        return
+    if problem := conversion_problem(location):
+        raise GGUFError(f"export.gguf: {problem}")
 
 
-def pre_tokenizer(tokenizer) -> str | None:
-    if getattr(tokenizer, "backend_tokenizer", None) is None:
-        return None
-    ids = tokenizer.encode(_PRE_TOKENIZER_PROBE)
-    return PRE_TOKENIZERS.get(hashlib.sha256(str(ids).encode()).hexdigest())
+def write_gguf_files(model, tokenizer, checkpoint: Path, gguf_types, rows: list[dict], texts: list[str], *,
+                     enforce: bool = True) -> list[GGUFReport]:
+    """`model-<type>.gguf` for each type into `checkpoint` (the export, already holding the merged model's safetensors
+    and tokenizer), each measured against `model` in llama.cpp; raises GGUFError on the first that fails its gate
+    (`enforce`; bench/gguf_fidelity.py measures without it)."""
+    reference = _Reference(model, tokenizer, texts, rows)
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="gguf-", dir=checkpoint.parent) as scratch:
+        start = time.perf_counter()
+        f16 = checkpoint / "model-f16.gguf" if "f16" in gguf_types else Path(scratch) / "model-f16.gguf"
+        try:
+            convert(checkpoint, f16)
+        except LlamaCppError as exc:
+            raise GGUFError(f"{exc}; nothing was exported") from exc
+        made = {"f16": (f16, time.perf_counter() - start)}
+        for gguf_type in gguf_types:
+            if gguf_type not in made:
+                start = time.perf_counter()
+                path = quantize(f16, checkpoint / f"model-{gguf_type}.gguf", gguf_type)
+                made[gguf_type] = (path, time.perf_counter() - start)
+            report = reference.measure(*made[gguf_type], gguf_type)
+            if enforce and (problems := gate(report)):
+                raise GGUFError(f"{report.file} does not reproduce the merged model in llama.cpp on "
+                                f"{len(texts)} eval prompts: {'; '.join(problems)}; nothing was exported")
+            reports.append(report)
+    return reports
 
 
-def _rope(config) -> dict:
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return dict(rope)
-
-
-def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
-    """llama.cpp's rotary layout for q/k rows (its converter's `permute`)."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(
-        weights.shape)
-
-
-def _token_list(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    import gguf
-
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-            continue
-        tokens.append(by_id[i])
-        if i in added:
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            types.append(gguf.TokenType.NORMAL)
-    return tokens, types
-
-
-def _adds_bos(tokenizer) -> bool:
-    ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
-
-
-def _adds_space_prefix(tokenizer) -> bool:
-    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre])
-    return any(p.get("add_prefix_space") for p in parts if isinstance(p, dict))
-
-
-def write_gguf(model, tokenizer, tokenizer_dir: Path, path: Path, gguf_type: str, name: str) -> Path:
-    """One GGUF file of `model` (a Llama) with its tokenizer (saved in `tokenizer_dir`) and chat template."""
-    import gguf
-
-    config = model.config
-    check_gguf_support(config, tokenizer, [gguf_type])
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(_rope(config).get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    tokens, types = _token_list(tokenizer, config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer(tokenizer))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=config.vocab_size)
-    # What the tokenizer does on its own, where its files do not say (transformers 5 no longer writes add_bos_token)
-    special.add_special_token.setdefault("bos", _adds_bos(tokenizer))
-    special.add_to_gguf(writer)  # merges, bos/eos/unk/pad ids, add_bos_token, the chat template
-    writer.add_add_space_prefix(_adds_space_prefix(tokenizer))
-    writer.add_eot_token_id(tokenizer.eos_token_id)  # the template's end-of-turn token
-    if tokenizer.chat_template and not special.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
-
-    names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight",))
-        if gguf_name is None:
-            raise GGUFError(f"export.gguf: no GGUF name for tensor {hf_name}")
-        data = tensor.detach().float()
-        if hf_name.endswith("q_proj.weight"):
-            data = _permute(data, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            data = _permute(data, kv_heads)
-        array = data.numpy()
-        if array.ndim == 1:  # norms stay fp32, as llama.cpp writes them
-            writer.add_tensor(gguf_name, array.astype(np.float32))
-        elif gguf_type == "f16":
-            writer.add_tensor(gguf_name, array.astype(np.float16))
-        else:
-            qtype = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(gguf_name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-@torch.no_grad()
-def verify_gguf(path: Path, reference_model, tokenizer, texts: list[str], gguf_type: str) -> GGUFReport:
-    """Reload `path` with transformers' GGUF loader and compare it with `reference_model` on `texts`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llm_engineering.merge.fidelity import logit_agreement
-    from llm_engineering.model.loading import padding_side
-
-    reloaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    reloaded.eval()
-    gguf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ids_equal = all(gguf_tokenizer(t, add_special_tokens=False)["input_ids"] ==
-                    tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
-    with padding_side(tokenizer, "right"):
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    mask = batch["attention_mask"].bool()
-    # An fp32 copy where anything would change, never the model itself: a bf16 model cast up and back would keep its
-    # rotary inv_freq buffer in bf16 (it loads in fp32), and the export written from it afterwards would not match
-    # its own reload; f16 rounds the copy's matrices. An fp32 model checked against q8_0 is used as it is.
-    changes = reference_model.dtype != torch.float32 or gguf_type == "f16"
-    upcast = copy.deepcopy(reference_model).float() if changes else reference_model
-    merged = upcast(**batch).logits
-    reference = merged
-    if gguf_type == "f16":  # the file's weights: matrices in f16, norms in fp32
-        for param in upcast.parameters():
-            if param.ndim >= 2:
-                param.copy_(param.half().float())
-        reference = upcast(**batch).logits
-    del upcast
-    logits = reloaded(**batch).logits
-
-    (max_diff_seen, _, top1), (merged_diff, _, merged_top1) = (logit_agreement(expected, logits, mask)
-                                                                for expected in (reference, merged))
-    report = GGUFReport(
-        gguf_type=gguf_type, file=path.name, bytes=path.stat().st_size, max_abs_logit_diff=max_diff_seen,
-        top1_agreement=top1, tokenizer_ids_equal=ids_equal, merged_max_abs_logit_diff=merged_diff,
-        merged_top1_agreement=merged_top1,
-    )
-    max_diff, min_top1 = CHECKS[gguf_type]
+def gate(report: GGUFReport) -> list[str]:
+    """What is wrong with a file (empty: it passes)."""
     problems = []
-    if max_diff is not None and report.max_abs_logit_diff > max_diff:
-        problems.append(f"max |Δlogit| {report.max_abs_logit_diff:.3g} > {max_diff:g}")
-    if report.top1_agreement < min_top1:
-        problems.append(f"top-1 agreement {report.top1_agreement:.3f} < {min_top1:g}")
-    if not ids_equal:
+    if report.top1_agreement < MIN_TOP1[report.gguf_type]:
+        problems.append(f"top-1 agreement with the merged model {report.top1_agreement:.3f} < "
+                        f"{MIN_TOP1[report.gguf_type]:g}")
+    if report.mean_kl > MAX_KL[report.gguf_type]:
+        problems.append(f"mean KL divergence {report.mean_kl:.3g} > {MAX_KL[report.gguf_type]:g}")
+    if not report.tokenizer_ids_equal:
         problems.append("its tokenizer encodes the eval prompts to other ids")
-    if problems:
-        raise GGUFError(f"{path.name} does not reproduce the merged model on {len(texts)} eval prompts: "
-                        f"{'; '.join(problems)}; nothing was exported")
-    return report
+    if report.merged_answer_stops and not report.answer_stops:
+        problems.append(f"its greedy chat answer does not stop at the end-of-turn token within {ANSWER_TOKENS} "
+                        "tokens, where the merged model's does")
+    return problems
+
+
+def _greedy_answer(model, tokenizer, prompt: list[int]) -> tuple[str, bool]:
+    """The model's greedy answer to `prompt` (ids) and whether it ended at one of its end tokens."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ends = {i for i in (configured if isinstance(configured, list) else [configured]) + [tokenizer.eos_token_id]
+            if i is not None}
+    output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                            max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=sorted(ends),
+                            pad_token_id=min(ends))[0, len(prompt):].tolist()
+    stops = any(t in ends for t in output)
+    if stops:
+        output = output[:next(i for i, t in enumerate(output) if t in ends)]
+    return tokenizer.decode(output, skip_special_tokens=True), stops
+
+
+class _Reference:
+    """What the merged model computes on the check texts, once, for every file to be compared with."""
+
+    @torch.no_grad()
+    def __init__(self, model, tokenizer, texts: list[str], rows: list[dict]):
+        from llm_engineering.data.formats import chat_messages
+
+        self.texts = texts
+        self.ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        # fp32, on a copy: a bf16 model cast up and back would keep its rotary buffer in bf16 afterwards
+        upcast = copy.deepcopy(model).float() if model.dtype != torch.float32 else model
+        upcast.eval()
+        self.logits = [upcast(input_ids=torch.tensor([ids])).logits[0].float() for ids in self.ids]
+        chats = [chat_messages(r["messages"][:-1]) for r in rows if r.get("messages")][:1]
+        self.prompt = (tokenizer(tokenizer.apply_chat_template(chats[0], tokenize=False, add_generation_prompt=True),
+                                 add_special_tokens=False)["input_ids"] if chats else None)
+        self.answer = _greedy_answer(upcast, tokenizer, self.prompt) if chats else None
+        del upcast
+
+    def measure(self, path: Path, seconds: float, gguf_type: str) -> GGUFReport:
+        """The file in llama.cpp against the merged model: teacher-forced logits, tokenizer ids, a greedy answer."""
+        import numpy as np
+        from llama_cpp import Llama
+
+        longest = max([len(i) for i in self.ids] + [len(self.prompt or []) + ANSWER_TOKENS])
+        llm = Llama(model_path=str(path), n_ctx=longest + 8, logits_all=True, verbose=False, n_threads=1)
+        try:
+            texts_ids = [llm.tokenize(text.encode(), add_bos=False, special=True) for text in self.texts]
+            agree, kl, max_diff = [], [], 0.0
+            for ids, expected in zip(self.ids, self.logits):
+                llm.reset()
+                llm.eval(ids)
+                logits = torch.from_numpy(np.array(llm.scores[:len(ids)], dtype=np.float32))
+                agree.append(logits.argmax(-1) == expected.argmax(-1))
+                kl.append(torch.nn.functional.kl_div(logits.log_softmax(-1), expected.log_softmax(-1),
+                                                     log_target=True, reduction="none").sum(-1))
+                max_diff = max(max_diff, (logits - expected).abs().max().item())
+            answer, stops = "", False
+            if self.prompt is not None:
+                llm.reset()
+                done = llm.create_completion(self.prompt, max_tokens=ANSWER_TOKENS, temperature=0.0, top_k=1)
+                answer, stops = done["choices"][0]["text"], done["choices"][0]["finish_reason"] == "stop"
+        finally:
+            llm.close()
+        merged_answer, merged_stops = self.answer or ("", False)
+        return GGUFReport(gguf_type=gguf_type, file=path.name, bytes=path.stat().st_size, seconds=round(seconds, 2),
+                          top1_agreement=torch.cat(agree).float().mean().item(),
+                          mean_kl=max(torch.cat(kl).mean().item(), 0.0), max_abs_logit_diff=max_diff,
+                          tokenizer_ids_equal=texts_ids == self.ids, answer_stops=stops,
+                          merged_answer_stops=merged_stops, answer_equal=answer.strip() == merged_answer.strip())
