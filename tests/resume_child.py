@@ -1,5 +1,5 @@
 """Child process for the kill/resume tests: train the tiny adapter (SFT, or DPO/ORPO when the spec has a
-`preference` section) with durable checkpoints, print the result."""
+`preference` section: DPO, ORPO or GRPO) with durable checkpoints, print the result."""
 
 import json
 import sys

@@ -84,3 +84,12 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, tiny_model_c
 def test_killed_dpo_resumes_from_its_last_checkpoint_with_the_same_reference(tmp_path, tiny_model_cfg):
     # the reference is TRL's copy of the start adapter: a resumed run must not take the checkpoint's policy for it
     kill_resume_and_compare(tmp_path, tiny_model_cfg, {"method": "dpo", "beta": 0.1}, steps=8, every=4)
+
+
+def test_killed_grpo_resumes_from_its_last_checkpoint_and_samples_what_an_uninterrupted_run_samples(
+        tmp_path, tiny_model_cfg):
+    # sampled completions: the resumed run must restore the generator's random state as well as the weights and the
+    # optimizer, or it would sample other completions, score other rewards and end with another adapter
+    grpo = {"method": "grpo", "rewards": [{"function": "json_fields"}, {"function": "stops", "weight": 0.1}],
+            "num_generations": 4, "max_completion_length": 8}
+    kill_resume_and_compare(tmp_path, tiny_model_cfg, grpo, steps=6, every=2)
