@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from llm_engineering.data.templates import row_text  # noqa: E402
 from llm_engineering.export.export_dir import load_exported  # noqa: E402
+from llm_engineering.model.loading import save_tokenizer  # noqa: E402
 from llm_engineering.export.gguf_file import MAX_KL, MIN_TOP1, GGUFError, gate, write_gguf_files  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def measure(model_dir: Path, label: str, rows: list[dict], types: list[str]) -> 
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "model"
         shutil.copytree(model_dir, checkpoint, ignore=shutil.ignore_patterns("*.gguf", "adapter"))
+        save_tokenizer(tokenizer, checkpoint)  # as the export step writes it
         try:
             reports = write_gguf_files(model, tokenizer, checkpoint, types, rows, texts, enforce=False)
         except GGUFError as exc:

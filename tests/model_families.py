@@ -10,7 +10,8 @@ What each family brings that breaks fine-tuning tools (the traits below switch t
 - qwen2: q/k/v biases, tied embeddings, ChatML
 - qwen3: q/k norms, tied embeddings, ChatML whose answers open with a <think> block
 - gemma2: logit soft-capping, alternating sliding windows, scaled embeddings, tied, eager attention only, no system role
-- gemma3: q/k norms, sliding windows, scaled embeddings, tied, no system role
+- gemma3: q/k norms, sliding windows (the first layers of its five-local-to-one-global pattern), scaled embeddings, tied,
+  no system role
 - mistral: sliding window attention, [INST] turns closed by </s>, the system prompt inside the last user turn
 - phi3: fused qkv_proj and gate_up_proj, <|user|> / <|end|> turns, the end of the text after the last turn
 """
@@ -69,8 +70,10 @@ FAMILIES = {f.name: f for f in [
                 final_logit_softcapping=30.0, attn_logit_softcapping=50.0, tie_word_embeddings=True),
            "gemma", "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
            bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
+    # both layers local, as the first five of every Gemma 3 are (five sliding to one global: llama.cpp assumes it)
     Family("gemma3", "Gemma3ForCausalLM", "Gemma3TextConfig",
-           dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8, layer_types=SLIDING,
+           dict(head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=8,
+                layer_types=["sliding_attention"] * LAYERS,
                 tie_word_embeddings=True),
            "gemma", "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
            bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),

@@ -8,6 +8,8 @@ Only safetensors weights are loaded, and remote code only runs when the config a
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import logging
 import time
 from contextlib import contextmanager
@@ -249,3 +251,42 @@ def save_tokenizer(tokenizer, directory) -> None:
         backend.no_padding()
         backend.no_truncation()
     tokenizer.save_pretrained(directory)
+    _write_added_tokens_decoder(tokenizer, Path(directory))
+    sentencepiece = _sentencepiece_model(tokenizer)
+    if sentencepiece is not None and not (Path(directory) / "tokenizer.model").exists():
+        # transformers 5 saves a SentencePiece family's tokenizer as tokenizer.json only; llama.cpp's converter (and
+        # tools that read the original format) need the model it came from, which fine-tuning does not change
+        shutil.copyfile(sentencepiece, Path(directory) / "tokenizer.model")
+
+
+def _sentencepiece_model(tokenizer) -> Optional[Path]:
+    """The tokenizer.model beside the checkpoint the tokenizer was loaded from (a local directory or the hub cache)."""
+    source = getattr(tokenizer, "name_or_path", None) or ""
+    local = Path(source) / "tokenizer.model"
+    if local.is_file():
+        return local
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "tokenizer.model")
+    except ValueError:  # not a repository id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _write_added_tokens_decoder(tokenizer, directory: Path) -> None:
+    """Keep `added_tokens_decoder` in tokenizer_config.json, as transformers 4 wrote it and as checkpoints on the hub
+    have it: transformers 5 no longer writes it, and llama.cpp's converter reads a SentencePiece model's control tokens
+    (Gemma's <start_of_turn>, Phi-3's <|user|>) only from there, so without it a GGUF of the export reads them as
+    text. transformers 5 reads it back unchanged (tests/test_model_families.py)."""
+    config_file = directory / "tokenizer_config.json"
+    added = getattr(tokenizer, "added_tokens_decoder", None)
+    if not added or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if "added_tokens_decoder" in config:
+        return
+    config["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                 "single_word": t.single_word, "special": t.special} for i, t in sorted(added.items())}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
