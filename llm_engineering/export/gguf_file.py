@@ -90,24 +90,26 @@ def write_gguf_files(model, tokenizer, checkpoint: Path, gguf_types, rows: list[
     reference = _Reference(model, tokenizer, texts, rows)
     reports = []
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=checkpoint.parent) as scratch:
-        start = time.perf_counter()
         f16 = checkpoint / "model-f16.gguf" if "f16" in gguf_types else Path(scratch) / "model-f16.gguf"
-        try:
-            convert(checkpoint, f16)
-        except LlamaCppError as exc:
-            raise GGUFError(f"{exc}; nothing was exported") from exc
-        made = {"f16": (f16, time.perf_counter() - start)}
+        made = {"f16": _timed(convert, checkpoint, f16)}
         for gguf_type in gguf_types:
             if gguf_type not in made:
-                start = time.perf_counter()
-                path = quantize(f16, checkpoint / f"model-{gguf_type}.gguf", gguf_type)
-                made[gguf_type] = (path, time.perf_counter() - start)
+                made[gguf_type] = _timed(quantize, f16, checkpoint / f"model-{gguf_type}.gguf", gguf_type)
             report = reference.measure(*made[gguf_type], gguf_type)
             if enforce and (problems := gate(report)):
                 raise GGUFError(f"{report.file} does not reproduce the merged model in llama.cpp on "
                                 f"{len(texts)} eval prompts: {'; '.join(problems)}; nothing was exported")
             reports.append(report)
     return reports
+
+
+def _timed(tool, *args) -> tuple[Path, float]:
+    """Run one of llama.cpp's tools: the file it made and the seconds it took; its failure as the export's."""
+    start = time.perf_counter()
+    try:
+        return tool(*args), time.perf_counter() - start
+    except LlamaCppError as exc:
+        raise GGUFError(f"{exc}; nothing was exported") from exc
 
 
 def gate(report: GGUFReport) -> list[str]:
