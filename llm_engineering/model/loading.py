@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
