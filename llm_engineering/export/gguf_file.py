@@ -25,6 +25,7 @@ import torch
 
 from llm_engineering.config import ModelConfig
 from llm_engineering.export.llama_cpp import LlamaCppError, conversion_problem, convert, missing_tools, quantize
+from llm_engineering.model.generation import end_ids
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ logger = logging.getLogger(__name__)
 # divergence allowed. Measured (bench/gguf_fidelity.py, bench/results/gguf_fidelity.json) on the default run's
 # export, 16 unseen booking prompts: f16 1.000 / 2.5e-6, q8_0 0.981 / 4.0e-3, q6_k 0.966 / 1.8e-2, q5_k_m 0.894 /
 # 0.12, q4_k_m 0.922 / 0.080; on the tests' tiny random models (near-tied logits flip most easily) q4_k_m down to
-# 0.798 (Gemma 3 after two SFT steps) and q5_k_m 0.827. Each bar leaves room below (above) those; a broken file scores far lower (tests/test_gguf.py). f16's KL bar is tight on purpose: one matrix with its rows reversed moves
-# a tiny model's KL to 4e-4 while its top-1 barely moves (tests/test_gguf.py).
+# 0.798 (Gemma 3 after two SFT steps) and q5_k_m 0.827. Each bar leaves room below (above) those; a broken file
+# scores far lower. f16's KL bar is tight on purpose: one matrix with its rows reversed moves a tiny model's KL to
+# 4e-4 while its top-1 barely moves (tests/test_gguf.py).
 MIN_TOP1 = {"f16": 0.99, "q8_0": 0.95, "q6_k": 0.9, "q5_k_m": 0.75, "q4_k_m": 0.75}
 MAX_KL = {"f16": 1e-4, "q8_0": 1e-2, "q6_k": 5e-2, "q5_k_m": 0.25, "q4_k_m": 0.25}  # nats per token
 # llama.cpp's choice agrees when the merged model scores it within this of its best token: a tie is not a flip (a tiny
@@ -130,11 +132,9 @@ def gate(report: GGUFReport) -> list[str]:
 
 def _greedy_answer(model, tokenizer, prompt: list[int]) -> tuple[str, bool]:
     """The model's greedy answer to `prompt` (ids) and whether it ended at one of its end tokens."""
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ends = {i for i in (configured if isinstance(configured, list) else [configured]) + [tokenizer.eos_token_id]
-            if i is not None}
+    ends = end_ids(model, tokenizer)
     output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                            max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=sorted(ends),
+                            max_new_tokens=ANSWER_TOKENS, do_sample=False, eos_token_id=ends,
                             pad_token_id=min(ends))[0, len(prompt):].tolist()
     stops = any(t in ends for t in output)
     if stops:

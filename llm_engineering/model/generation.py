@@ -20,7 +20,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
 
 
 def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools):
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = end_ids(model, tokenizer)
     results = []
     with Progress(len(conversations), "generating", unit="prompt") as progress:
         for start in range(0, len(conversations), batch_size):
@@ -51,7 +51,8 @@ def _generate_batch(model, tokenizer, conversations, tools, max_new_tokens, eos_
     return results
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def end_ids(model, tokenizer) -> list[int]:
+    """The ids a greedy answer stops at: the generation config's end tokens and the tokenizer's EOS."""
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in ids + [tokenizer.eos_token_id] if i is not None})
