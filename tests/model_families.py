@@ -12,8 +12,11 @@ What each family brings that breaks fine-tuning tools (the traits below switch t
 - gemma2: logit soft-capping, alternating sliding windows, scaled embeddings, tied, eager attention only, no system role
 - gemma3: q/k norms, sliding windows (the first layers of its five-local-to-one-global pattern), scaled embeddings, tied,
   no system role
-- mistral: sliding window attention, [INST] turns closed by </s>, the system prompt inside the last user turn
-- phi3: fused qkv_proj and gate_up_proj, <|user|> / <|end|> turns, the end of the text after the last turn
+- mistral: as Mistral-7B-Instruct v0.1/v0.2: a 4,096-token sliding window (wider than these rows, as than most
+  prompts: llama.cpp runs Mistral without it), [INST] turns as plain text closed by </s>, the system prompt inside
+  the last user turn, a "legacy" SentencePiece tokenizer (a space before the text after each special token)
+- phi3: fused qkv_proj and gate_up_proj, <|user|> / <|end|> turns that swallow the newline after them (rstrip, as
+  Phi-3's own tokenizer), a "legacy" SentencePiece tokenizer, the end of the text after the last turn
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Family:
     attention: dict = field(default_factory=dict)  # preset -> the family's module names
     mlp: tuple = ("down_proj", "gate_proj", "up_proj")
     sentencepiece: tuple = ()  # (tokenizer class, the trainer's special pieces) for a SentencePiece family
+    legacy: bool = False  # a Llama-class tokenizer's legacy mode: the real Mistral v0.1/v0.2's and Phi-3's
+    rstrip_markers: bool = False  # its turn markers take the whitespace after them (Phi-3's do)
 
 
 ATTENTION = ("k_proj", "o_proj", "q_proj", "v_proj")
@@ -77,12 +82,13 @@ FAMILIES = {f.name: f for f in [
                 tie_word_embeddings=True),
            "gemma", "<end_of_turn>", special_tokens=("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
            bos="<bos>", eos="<eos>", end_tokens=("<eos>",), tied=True, sentencepiece=GEMMA_PIECES),
-    Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=16, head_dim=HEAD_DIM), "mistral-v3",
-           "</s>", special_tokens=("<s>", "</s>", "[INST]", "[/INST]"), bos="<s>", eos="</s>", sentencepiece=LLAMA_PIECES),
+    Family("mistral", "MistralForCausalLM", "MistralConfig", dict(sliding_window=4096, head_dim=HEAD_DIM),
+           "mistral-v3", "</s>", special_tokens=("<s>", "</s>"), bos="<s>", eos="</s>", sentencepiece=LLAMA_PIECES,
+           legacy=True),
     Family("phi3", "Phi3ForCausalLM", "Phi3Config", dict(original_max_position_embeddings=512), "phi-3", "<|end|>",
            special_tokens=("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|endoftext|>"),
-           bos="<s>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",), sentencepiece=LLAMA_PIECES,
-           attention=("o_proj", "qkv_proj"), mlp=("down_proj", "gate_up_proj")),
+           bos="<s>", eos="<|endoftext|>", end_tokens=("<|endoftext|>",), sentencepiece=LLAMA_PIECES, legacy=True,
+           rstrip_markers=True, attention=("o_proj", "qkv_proj"), mlp=("down_proj", "gate_up_proj")),
 ]}
 
 
@@ -127,6 +133,7 @@ def sentencepiece_tokenizer(family: Family, directory: Path):
 
     import sentencepiece
     import transformers
+    from tokenizers import AddedToken
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
@@ -147,6 +154,8 @@ def sentencepiece_tokenizer(family: Family, directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tokenizer.model").write_bytes(model.getvalue())
     extracted = SentencePieceExtractor(str(directory / "tokenizer.model")).extract(BPE)
-    tokenizer = getattr(transformers, class_name)(vocab=extracted["vocab"], merges=extracted["merges"])
-    tokenizer.add_special_tokens({"additional_special_tokens": markers})
+    options = {"legacy": True} if family.legacy else {}
+    tokenizer = getattr(transformers, class_name)(vocab=extracted["vocab"], merges=extracted["merges"], **options)
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        AddedToken(m, rstrip=family.rstrip_markers, lstrip=False, normalized=False, special=True) for m in markers]})
     return tokenizer

@@ -9,6 +9,7 @@ version (pyproject's `gguf` extra, built from its source distribution by `make i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -62,6 +63,8 @@ def convert(model_dir: Path, outfile: Path, *, vocab_only: bool = False, timeout
     if problem := missing_tools():
         raise LlamaCppError(problem)
     command = [sys.executable, str(converter()), str(model_dir), "--outfile", str(outfile), "--outtype", "f16"]
+    if name := _gguf_name(model_dir):
+        command += ["--model-name", name]
     # its own gguf-py, not the `gguf` package installed beside it (the converter puts it first unless NO_LOCAL_GGUF)
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"} | {"HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command + (["--vocab-only"] if vocab_only else []), capture_output=True, text=True,
@@ -70,6 +73,22 @@ def convert(model_dir: Path, outfile: Path, *, vocab_only: bool = False, timeout
         outfile.unlink(missing_ok=True)
         raise LlamaCppError(f"llama.cpp's converter failed on {model_dir.name}: {_failure(done)}")
     return outfile
+
+
+# llama.cpp gives a family's special tokens their whitespace handling by the GGUF's general.name (llama-vocab.cpp:
+# Phi-3's turn markers strip the newline after them only in a model whose name says phi3), and the converter names
+# the file after its directory: a fine-tune exported as `booking` would tokenize its prompts otherwise than transformers.
+NAME_MARKS = {"Phi3ForCausalLM": "phi3"}
+
+
+def _gguf_name(model_dir: Path) -> str | None:
+    """The name to give the GGUF where the directory's would change how llama.cpp tokenizes (None: the default)."""
+    config = model_dir / "config.json"
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    mark = next((NAME_MARKS[a] for a in architectures if a in NAME_MARKS), None)
+    if mark is None or mark in model_dir.name.lower().replace("-", ""):
+        return None
+    return f"{model_dir.name}-{mark}"
 
 
 def conversion_problem(model_dir: Path) -> str | None:
