@@ -379,15 +379,16 @@ def test_configs_that_start_from_the_default_runs_champion_compile_as_shipped(na
 
 
 def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, shared_repo, capfd):
-    """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows; in
-    this process (the CLI's path is the default run's)."""
+    """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows and
+    no regression probes (the default run scores them, three times here would be half a minute); in this process (the
+    CLI's path is the default run's)."""
     root, uri = default_run["root"], default_run["uri"]
     document = yaml.safe_load((PROJECT / "configs" / "dpo.yaml").read_text())
     cfg = document["parameters"]["config"]
     assert cfg["preference"]["start_adapter"] == f"models:/{NAME}@champion"
     cfg["data"]["eval_rows"] = 4
     cfg["train"].update(max_steps=2, eval_steps=2, logging_steps=1, checkpoint_steps=None)
-    cfg["eval"].update(max_rows=4)
+    cfg["eval"].update(max_rows=4, regression={"builtin": False})
     config = root / "dpo-small.yaml"
     config.write_text(yaml.safe_dump(document))
     run = run_in_process(shared_repo, config, "pipelines.preference.preference")

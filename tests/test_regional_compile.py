@@ -6,8 +6,10 @@ import torch
 from llm_engineering.config import AdapterConfig, DataConfig, ModelConfig, QuantizationConfig, TrainConfig
 
 
-@pytest.mark.parametrize("gradient_checkpointing", [False, True])
-def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_model_dir, tmp_path,
+# unquantized without checkpointing as configs/cpu_fastest.yaml trains (this is its run: the training step calls
+# train_adapter), and QLoRA with checkpointing
+@pytest.mark.parametrize("quantization, gradient_checkpointing", [("none", False), ("4bit", True)])
+def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_model_dir, tmp_path, quantization,
                                                                            gradient_checkpointing):
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
@@ -18,7 +20,7 @@ def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_
     from tests.conftest import prepared
 
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
-                            quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
+                            quantization=QuantizationConfig(method=quantization, compute_dtype="float32"))
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
                             gradient_checkpointing=gradient_checkpointing)
     model, _ = inject_adapter(load_model(model_cfg), adapter)

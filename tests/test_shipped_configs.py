@@ -41,22 +41,22 @@ COVERED_BY = {
     "fastchat_lora": "the default run's data; q_proj/v_proj, dropout and bias: test_adapter_options.py",
     "data_text": "end to end here: plain text, scored and gated by perplexity",
     "data_tools": "end to end here: the chatml-tools template, tool rows, rouge_l",
-    "cpu_fastest": "end to end here: unquantized, regionally compiled layers",
+    "cpu_fastest": "test_regional_compile.py: train_adapter (its training step's call) with train.compile on an "
+                   "unquantized model, as here; the rest is llm_engineers_handbook's unquantized run",
     "llm_engineers_handbook": "end to end here: unquantized, gradient accumulation, linear schedule, a module list",
     "orpo": "end to end here: ORPO from a fresh adapter in the preference pipeline",
     "grpo": "end to end here: GRPO's rewards in the preference pipeline, from a fresh adapter (its champion is the "
             "embedded model's); compiled as shipped from that champion in test_default_pipeline.py",
 }
-END_TO_END = ["data_text", "data_tools", "cpu_fastest", "llm_engineers_handbook", "orpo", "grpo"]
-# Each of those runs a family whose trait its path meets, so that every family the pipeline supports runs it end to
-# end without a run of its own (tests/test_model_families.py takes all of them through each stage's library call).
+END_TO_END = ["data_text", "data_tools", "llm_engineers_handbook", "orpo", "grpo"]
+# Each of those runs a family whose trait its path meets, so that most families run the pipeline end to end without a
+# run of their own (tests/test_model_families.py takes every family through each stage's library call).
 FAMILY_OF = {
     "data_text": "gemma2",  # eager-only attention picked by auto, soft-capping, sliding windows, tied embeddings
     "data_tools": "qwen2",  # the tool-calling family: q/k/v biases, tied embeddings under chatml-tools
-    "cpu_fastest": "qwen3",  # unquantized, its decoder layers (q/k norms) compiled one by one
     "llm_engineers_handbook": "llama3",  # llama3 rope scaling; its module list names Llama's own projections
     "orpo": "phi3",  # fused qkv_proj / gate_up_proj in the preference pipeline
-    "grpo": "mistral",  # sliding-window attention while sampling completions
+    "grpo": "mistral",  # [INST] turns of a legacy SentencePiece tokenizer while sampling completions
 }
 # Registered champions of the embedded model are where these start (models:/...@champion): compiled beside the default
 # run that registers it (test_default_pipeline.py); end to end here from a fresh adapter on the tiny family model.
