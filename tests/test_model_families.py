@@ -119,6 +119,41 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
         assert reports[0]["top1_agreement"] >= 0.99 and reports[0]["mean_kl"] <= 1e-4
 
 
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """An MLflow tracking store of this module's own (the export step logs the chat model into the run's store)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_familys_chat_model_in_mlflow_answers_as_the_export_does(name, family_checkpoint, mlflow_store, tmp_path):
+    """As the export step logs it: the exported model as MLflow's `llm/v1/chat` model (what `mlflow models serve`
+    answers OpenAI-style chat requests with), loaded back through MLflow's own pyfunc, answers a chat prompt exactly
+    as the export's own greedy generation does (its serving sample), through the family's chat template."""
+    import mlflow
+
+    from llm_engineering.export.export_dir import serving_sample
+    from llm_engineering.tracking import log_and_register_model
+
+    cfg = model_cfg(family_checkpoint(name))
+    model, tokenizer = load_model(cfg), load_tokenizer(cfg)
+    rows = prepare(DataConfig(num_rows=8, eval_rows=2), tokenizer, 256).eval
+    exported, exported_tokenizer, _ = verify_export(write_export(model, tokenizer, tmp_path / "export", "card"),
+                                                    model, rows)
+    sample = serving_sample(exported, exported_tokenizer, rows, max_tokens=12)
+    with mlflow.start_run():
+        logged = log_and_register_model(exported, exported_tokenizer, registered_model_name=None, max_tokens=12)
+    served = mlflow.pyfunc.load_model(logged["model_uri"])
+    [completion] = served.predict({"messages": sample["messages"], "max_tokens": sample["max_tokens"]})
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"] == {"role": "assistant", "content": sample["content"]}
+
+
 # The families whose tiny checkpoints llama.cpp reproduces (bench/results/gguf_fidelity.json): all but Qwen2, whose
 # hybrid tokenizer (the Qwen2 pre-tokenizer over SmolLM2's vocabulary, which no real model has) is refused when the
 # pipeline compiles (test below). Mistral's and Phi-3's reproduce only with their tokenizers as the real ones are

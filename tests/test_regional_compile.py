@@ -40,8 +40,10 @@ def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_
         graphs[compiled] = counters["stats"]["unique_graphs"]
     assert graphs == {False: 0, True: 1}  # rows of different lengths too: dynamic shapes, no recompilation
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-4)
+    # compiled kernels sum in another order: Adam turns a last-bit gradient difference into up to ~1e-4 of a weight
+    # (one element in 512 at 4e-5 on a fresh clone, unquantized); a wrong graph moves every weight by steps of lr
     for name, tensor in trained[False].items():
-        torch.testing.assert_close(trained[True][name], tensor, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(trained[True][name], tensor, rtol=1e-3, atol=1e-4)
 
 
 def test_a_model_without_a_layer_list_is_refused_by_name():

@@ -209,7 +209,8 @@ def serving_sample(model, tokenizer, rows: list[dict], max_tokens: int) -> Optio
         return None
     messages = chat_messages(row["messages"][:-1])
     [(content, stopped)] = generate(model, tokenizer, [messages], max_tokens, batch_size=1)
-    return {"messages": messages, "max_tokens": max_tokens, "content": content.strip(), "stopped": stopped}
+    # MLflow's chat model strips the answer on the left only (a trailing "\x1c" or newline is part of it)
+    return {"messages": messages, "max_tokens": max_tokens, "content": content.lstrip(), "stopped": stopped}
 
 
 @torch.no_grad()
