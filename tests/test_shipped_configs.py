@@ -49,11 +49,12 @@ COVERED_BY = {
             "embedded model's); compiled as shipped from that champion in test_default_pipeline.py",
 }
 END_TO_END = ["data_text", "data_tools", "llm_engineers_handbook", "orpo", "grpo"]
-# Each of those runs a family whose trait its path meets, so that most families run the pipeline end to end without a
-# run of their own (tests/test_model_families.py takes every family through each stage's library call).
+# Each of those runs a family whose trait its path meets, so that every family runs the pipeline end to end without a
+# run of its own (Qwen2's: tests/test_step_operator.py, Gemma 3's: tests/test_comet.py; tests/test_model_families.py
+# takes every family through each stage's library call).
 FAMILY_OF = {
     "data_text": "gemma2",  # eager-only attention picked by auto, soft-capping, sliding windows, tied embeddings
-    "data_tools": "qwen2",  # the tool-calling family: q/k/v biases, tied embeddings under chatml-tools
+    "data_tools": "qwen3",  # the tool-calling family: q/k norms, tied embeddings under chatml-tools
     "llm_engineers_handbook": "llama3",  # llama3 rope scaling; its module list names Llama's own projections
     "orpo": "phi3",  # fused qkv_proj / gate_up_proj in the preference pipeline
     "grpo": "mistral",  # [INST] turns of a legacy SentencePiece tokenizer while sampling completions

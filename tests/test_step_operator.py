@@ -7,11 +7,12 @@ from zenml.enums import ExecutionStatus
 from tests.pipeline_helpers import run_in_process, tiny_parameters, write_config
 
 
-def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(shared_repo, tiny_model_dir):
+def test_the_sft_step_runs_in_its_own_pinned_process_and_is_tracked_as_usual(shared_repo, family_checkpoint):
     root, uri = shared_repo  # the local stack has the local_cuda step operator; steps use it only when named
     steps = {"train_sft": {"step_operator": "local_cuda", "settings": {"step_operator": {"gpus": "0"}}}}
-    # no cache: other tests' runs of the same config are in this session's store
-    parameters = tiny_parameters(tiny_model_dir)
+    # no cache: other tests' runs of the same config are in this session's store. Qwen2 (q/k/v biases, tied): the
+    # family's run of the whole pipeline (tests/test_shipped_configs.py runs the others)
+    parameters = tiny_parameters(family_checkpoint("qwen2"))
     parameters["export"]["output_dir"] = "outputs/tiny-operator"
     config = write_config(root / "operator.yaml", parameters, steps=steps, enable_cache=False)
     run = run_in_process(shared_repo, config)
