@@ -23,6 +23,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# comet_ml (imported by transformers' Trainer, here before mlflow) would copy every MLflow run a test starts, model
+# included, into an offline archive in the working directory; the Comet tests use our tracker flavor, not this
+os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker (`make test-fast` runs two): torch processes with
     os.environ["OMP_NUM_THREADS"] = "1"  # more threads than their share spin against each other (~10x slower)
 
