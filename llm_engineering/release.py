@@ -68,6 +68,10 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     metrics.update(gguf_metrics(out))
 
     _track(out, config, run_config, metrics, step_seconds or {}, card, samples)
+    adapter_params = flatten(config.adapter, prefix="adapter.")
+    if method != "sft":
+        adapter_params.update(flatten(config.preference, prefix="preference."))
+    tracking.log_adapter_model_unless_logged(trained_adapter, adapter_params)  # training may have come from cache
     sample = serving_sample(exported, exported_tokenizer, rows, export.chat_max_tokens)
     if sample:
         tracking.log_dict(sample, "serving_sample.json")  # the chat request and the answer serving must give

@@ -214,6 +214,26 @@ def log_and_register_model(model, tokenizer, registered_model_name: Optional[str
     return result
 
 
+ADAPTER_MODEL_NAME = "lora_adapter"  # what a preference run's start adapter is found by, in a version's run
+
+
+def log_adapter_model_unless_logged(adapter_dir, params: dict[str, Any]) -> Optional[str]:
+    """The adapter as the run's logged model if the run has none: a run whose training step came from ZenML's cache
+    (the run that trained it logged it, maybe in another MLflow store: ZenML's cache spans repositories) registers a
+    version a preference run must still be able to start from."""
+    run_id = active_run_id()
+    if not run_id:
+        return None
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    if client.search_logged_models([experiment], filter_string=(
+            f"source_run_id = '{run_id}' AND name = '{ADAPTER_MODEL_NAME}'")):
+        return None
+    return log_adapter_model(adapter_dir, params)
+
+
 def log_adapter_model(adapter_dir, params: dict[str, Any]) -> Optional[str]:
     """The trained LoRA adapter as an MLflow logged model of the run (its files and LoRA settings), so the run's
     Models tab shows the adapter beside the merged model it became. Returns the model id."""
@@ -222,7 +242,7 @@ def log_adapter_model(adapter_dir, params: dict[str, Any]) -> Optional[str]:
         return None
     import mlflow
 
-    model = mlflow.initialize_logged_model(name="lora_adapter", source_run_id=run_id, model_type="peft-lora-adapter",
+    model = mlflow.initialize_logged_model(name=ADAPTER_MODEL_NAME, source_run_id=run_id, model_type="peft-lora-adapter",
                                            params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
     try:
         mlflow.MlflowClient().log_model_artifacts(model.model_id, str(adapter_dir))

@@ -15,6 +15,7 @@ import pytest
 from zenml.client import Client
 from zenml.enums import ExecutionStatus
 
+from llm_engineering.model.start_adapter import ADAPTER_FILES, fetch_start_adapter
 from tests.pipeline_helpers import StepFailed, run_in_process, run_pipeline, setup_repo, tiny_parameters, write_config
 
 STEPS = ["load_dataset", "load_base_model", "inject_adapter", "train_sft", "merge_adapter", "evaluate_base",
@@ -106,16 +107,21 @@ def test_a_failed_step_keeps_earlier_work_and_the_rerun_continues_from_it_withou
         assert secret not in failed.stdout + failed.stderr + fixed.stdout + fixed.stderr
 
 
-def test_an_identical_rerun_takes_every_step_from_the_cache_but_exports_again(repo, retried):
+def test_an_identical_rerun_takes_every_step_from_the_cache_but_exports_again(repo, retried, tmp_path):
     """A second clone or a deleted outputs/ must still get its export: the export step never comes from the cache."""
     import shutil
 
-    root, _ = repo
+    root, uri = repo
     shutil.rmtree(root / "outputs" / "tiny-retry")
     steps = run_in_process(repo, retried[2]).steps
     assert {name: steps[name].status for name in STEPS[:-1]} == {name: ExecutionStatus.CACHED for name in STEPS[:-1]}
     assert steps["export_model"].status == ExecutionStatus.COMPLETED
     assert (root / "outputs" / "tiny-retry" / "SHA256SUMS").is_file()
+    # the version this run registered carries the adapter its cached training made: a preference run starts from it
+    fetched = {version: fetch_start_adapter(f"models:/tiny-retry/{version}", tmp_path / version, uri)
+               for version in ("1", "2")}
+    assert [(fetched["2"] / name).read_bytes() for name in ADAPTER_FILES] == \
+        [(fetched["1"] / name).read_bytes() for name in ADAPTER_FILES]
 
 
 def preference_parameters(tiny_model_dir, start_adapter) -> dict:

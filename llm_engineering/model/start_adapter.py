@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-ADAPTER_MODEL_NAME = "lora_adapter"  # what tracking.log_adapter_model names it
+from llm_engineering.tracking import ADAPTER_MODEL_NAME
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
