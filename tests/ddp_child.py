@@ -20,7 +20,7 @@ def main(model_dir: str, initial_adapter: str, out: str, batch: int) -> None:
     model_cfg = ModelConfig(source="local", name_or_path=model_dir, dtype="float32",
                             quantization=QuantizationConfig(method="none"))
     # 4 training rows = one global batch, so every step sees all of them in both set-ups: the same gradient
-    data = prepare(DataConfig(num_rows=8, eval_rows=4), load_tokenizer(model_cfg), 128)
+    data = prepare(DataConfig(num_rows=8, eval_rows=4), load_tokenizer(model_cfg), 160)
     seen = []
     original = collate.PackedCollator.__call__
 
@@ -30,7 +30,7 @@ def main(model_dir: str, initial_adapter: str, out: str, batch: int) -> None:
 
     collate.PackedCollator.__call__ = recording
     train = TrainConfig(learning_rate=1e-2, max_steps=3, per_device_batch_size=batch, logging_steps=1, eval_steps=100,
-                        max_length=128, mixed_precision="no", checkpoint_steps=None, warmup_ratio=0.0)
+                        max_length=160, mixed_precision="no", checkpoint_steps=None, warmup_ratio=0.0)
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
     output = Path(out) / f"rank{rank}"
     result = train_adapter(model_cfg, adapter, train, Path(initial_adapter), data.train, data.eval, output)

@@ -87,7 +87,7 @@ def tiny_parameters(tiny_model_dir, learning_rate=5e-3):
                   "quantization": {"method": "4bit", "compute_dtype": "float32"}},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"learning_rate": learning_rate, "max_steps": 4, "per_device_batch_size": 4, "logging_steps": 1,
-                  "eval_steps": 4, "max_length": 128, "mixed_precision": "no", "checkpoint_steps": 2},
+                  "eval_steps": 4, "max_length": 160, "mixed_precision": "no", "checkpoint_steps": 2},
         "merge": {"dtype": "float32", "max_logit_diff": 1e-4},
         "export": {"output_dir": "outputs/tiny", "registered_model_name": "tiny-booking"},
         "eval": {"max_rows": 4, "max_new_tokens": 8, "batch_size": 4},

@@ -75,11 +75,11 @@ def test_training_with_an_eval_every_step_trains_the_same_adapter(tiny_model_dir
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="bfloat16",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="bfloat16"))
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    split = prepared(DataConfig(num_rows=20, eval_rows=4), 128)
+    split = prepared(DataConfig(num_rows=20, eval_rows=4), 160)
     trained = {}
     for eval_steps in (1, 1000):
         train = TrainConfig(learning_rate=5e-3, max_steps=3, per_device_batch_size=4, logging_steps=1,
-                            eval_steps=eval_steps, max_length=128, mixed_precision="bf16", fused_lora=fused_lora)
+                            eval_steps=eval_steps, max_length=160, mixed_precision="bf16", fused_lora=fused_lora)
         out = tmp_path / f"eval-every-{eval_steps}"
         train_adapter(model_cfg, adapter, train, tmp_path / "initial", split.train, split.eval, out)
         trained[eval_steps] = load_file(out / "adapter_model.safetensors")

@@ -1,6 +1,7 @@
 """The dataset stage: every format and file type, row-by-row validation with a policy, splits and lineage."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from llm_engineering.config import DataConfig, load_run_config_file
 from llm_engineering.data.prepare import ROWS_PER_PROCESS, prepare
 from llm_engineering.data.sources import DataError, read_path
-from llm_engineering.data.synthetic import booking_rows
+from llm_engineering.data.synthetic import UNSEEN_NAMES, UNSEEN_RESTAURANTS, UNSEEN_TEMPLATES, booking_rows
 from tests.conftest import prepared
 
 SAMPLES = Path(__file__).parent.parent / "data" / "samples"
@@ -19,6 +20,22 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_synthetic_task_is_deterministic_and_seeded():
     assert booking_rows(20, seed=1) == booking_rows(20, seed=1)
     assert booking_rows(20, seed=1) != booking_rows(20, seed=2)
+
+
+def test_the_evaluation_requests_are_made_of_what_training_never_shows():
+    # data/samples/booking_unseen.jsonl is the generator's unseen set as shipped...
+    shipped = (SAMPLES / "booking_unseen.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in shipped] == booking_rows(40, seed=2026, unseen=True)
+    # ...and no training request, at any seed, holds its names, its restaurants' words or its sentence shapes
+    words = {word for name in UNSEEN_RESTAURANTS for word in name.split()} - {"The"}
+    shapes = [part.strip(" .,;-") for template in UNSEEN_TEMPLATES for part in re.split(r"\{\w+\}", template)]
+    shapes = [part for part in shapes if len(part.split()) >= 3]
+    assert "calling. Is there room at" in shapes and "Name on the booking:" in shapes
+    for seed in range(5):
+        for row in booking_rows(600, seed=seed):
+            request = row["messages"][1]["content"]
+            assert not any(shape in request for shape in shapes), request
+            assert not set(re.findall(r"[\w']+", request)) & (words | set(UNSEEN_NAMES)), request
 
 
 def test_synthetic_targets_are_the_fixed_json_shape():

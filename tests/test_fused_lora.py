@@ -90,12 +90,12 @@ def test_training_with_and_without_fused_layers_gives_the_same_adapter(tiny_mode
     adapter = AdapterConfig(r=4, alpha=8, dropout=0.0, target_modules="all-linear",
                             gradient_checkpointing=gradient_checkpointing)
     save_adapter(lora_model(tiny_model_dir, "4bit"), tmp_path / "initial")
-    split = prepared(DataConfig(num_rows=20, eval_rows=4), 128)
+    split = prepared(DataConfig(num_rows=20, eval_rows=4), 160)
     start = load_file(tmp_path / "initial" / "adapter_model.safetensors")
     updates, losses = {}, {}
     for fused in (False, True):
         train = TrainConfig(learning_rate=5e-3, max_steps=3, per_device_batch_size=4, logging_steps=1, eval_steps=100,
-                            max_length=128, mixed_precision="no", fused_lora=fused)
+                            max_length=160, mixed_precision="no", fused_lora=fused)
         out = tmp_path / f"fused-{fused}"
         result = train_adapter(model_cfg, adapter, train, tmp_path / "initial", split.train, split.eval, out)
         trained = load_file(out / "adapter_model.safetensors")
@@ -117,7 +117,7 @@ def test_adapter_weights_stay_float32_on_a_quantized_base_unless_asked(tiny_mode
     from llm_engineering.training.sft import build_trainer
     from tests.conftest import prepared
 
-    split = prepared(DataConfig(num_rows=8, eval_rows=4), 128)
+    split = prepared(DataConfig(num_rows=8, eval_rows=4), 160)
     model_cfg = ModelConfig(source="local", name_or_path=str(tiny_model_dir), dtype="float32",
                             quantization=QuantizationConfig(method="4bit", compute_dtype="float32"))
     for adapter_dtype, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):

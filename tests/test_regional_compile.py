@@ -25,14 +25,14 @@ def test_compiled_layers_train_the_same_adapter_and_evaluation_stays_eager(tiny_
                             gradient_checkpointing=gradient_checkpointing)
     model, _ = inject_adapter(load_model(model_cfg), adapter)
     save_adapter(model, tmp_path / "initial")
-    split = prepared(DataConfig(num_rows=24, eval_rows=4), 128)
+    split = prepared(DataConfig(num_rows=24, eval_rows=4), 160)
     trained, losses, graphs = {}, {}, {}
     for compiled in (False, True):
         torch._dynamo.reset()
         counters.clear()
         # an evaluation after every step: without grad it must run the layers eagerly, not compile a second graph
         train = TrainConfig(learning_rate=5e-3, max_steps=3, per_device_batch_size=4, logging_steps=1, eval_steps=1,
-                            max_length=128, mixed_precision="no", compile=compiled)
+                            max_length=160, mixed_precision="no", compile=compiled)
         out = tmp_path / f"compiled-{compiled}"
         result = train_adapter(model_cfg, adapter, train, tmp_path / "initial", split.train, split.eval, out)
         trained[compiled] = load_file(out / "adapter_model.safetensors")

@@ -33,7 +33,8 @@ TEMPLATES = [
     "My name is {name} and I need a table for {party} on {day} at {time} at {restaurant}.",
 ]
 # Requests composed from one phrase per field in a random order, so the model learns to find each field wherever it
-# is and however it is phrased, not a handful of sentence templates (half the training rows; the rest: TEMPLATES).
+# is and however it is phrased, not a handful of sentence templates (a third of the training rows; a third are
+# TEMPLATES, a third SENTENCES below).
 PHRASES = {
     "name": ["under the name {name}", "my name is {name}", "this is {name}", "name: {name}", "for {name}",
              "it's {name}", "booking name {name}", "{name} here", "the reservation is for {name}"],
@@ -60,6 +61,23 @@ NOUNS = ["Spoon", "Candle", "Kettle", "Garden", "Table", "Oak", "Harbour", "Fig"
 RESTAURANT_SHAPES = ["The {adjective} {noun}", "{name}'s", "Chez {name}", "{noun} House", "{adjective} {noun} Bar",
                      "The {word}", "{word}", "{word} {word2}", "{word} Kitchen", "Café {word}", "Trattoria {word}",
                      "{word} Grill", "{noun} & {word}"]
+# SENTENCES: requests in several sentences, as people write them when they greet, introduce themselves and ask: a
+# greeting, a sentence with the name, a question with the restaurant, the party and the day, a sentence with the time,
+# in varying order. Without them the model took a capitalised greeting or a whole question for the name, and "The X
+# for five" for the restaurant, in multi-sentence requests (no shape or word of the evaluation's is used: test_data.py).
+GREETINGS = ["Good morning!", "Good afternoon.", "Hello there!", "Hi!", "Morning!", "Greetings,", "Hey!", "Hello,",
+             "Hi there.", "Dear team,"]
+NAME_SENTENCES = ["{name} speaking.", "It's {name} here.", "My name's {name}.", "This is {name}.", "I'm {name}.",
+                  "Put it down for {name}.", "The booking is under {name}.", "You can note it as {name}.",
+                  "Please use the name {name}."]
+ASK_SENTENCES = ["Do you have a table at {restaurant} for {party} on {day}?", "Could {restaurant} seat {party} of us "
+                 "this {day}?", "Any chance of {restaurant} for {party} next {day}?", "We'd love a table for {party} "
+                 "at {restaurant} on {day}.", "Is {restaurant} free on {day} for a group of {party}?", "We hope to "
+                 "dine at {restaurant} on {day}, {party} of us.", "Have you got space for {party} at {restaurant} "
+                 "on {day}?", "I want {restaurant} for {party} on {day}."]
+TIME_SENTENCES = ["We'd arrive around {time}.", "Around {time} suits us.", "{time} would be ideal.", "We plan to be "
+                  "there by {time}.", "Make it {time} if possible.", "The time we want is {time}.", "Say {time}?",
+                  "We'll be there at {time}."]
 OPENERS = ["", "Hi, ", "Hello! ", "Please book: ", "Reservation - ", "I'd like a booking, ", "hey ", "Dear team, "]
 CLOSERS = [".", "!", "?", ", thanks.", " please.", ". Thank you!", ""]
 
@@ -129,15 +147,28 @@ def booking_example(rng: random.Random, unseen: bool = False) -> tuple[str, dict
     }
     hour, minute = map(int, record["time"].split(":"))
     party = str(record["party_size"]) if rng.random() < 0.5 else NUMBER_WORDS[record["party_size"]]
-    template = None if not unseen and rng.random() < 0.5 else rng.choice(templates)
+    kind = "template" if unseen else rng.choice(["template", "phrases", "sentences"])
+    template = rng.choice(templates) if kind == "template" else None
     values = dict(party=party, restaurant=record["restaurant"], day=record["day"],
                   time=_written_time(hour, minute, rng), name=record["name"])
     if template:
         return template.format(**values), record
+    if kind == "sentences":
+        return _sentences(values, rng), record
     fields = list(PHRASES)
     rng.shuffle(fields)
     body = ", ".join(rng.choice(PHRASES[field]).format(**values) for field in fields)
     return rng.choice(OPENERS) + body + rng.choice(CLOSERS), record
+
+
+def _sentences(values: dict, rng: random.Random) -> str:
+    """A request in several sentences: the name's and the time's sentences before or after the question."""
+    sentences = [rng.choice(NAME_SENTENCES), rng.choice(TIME_SENTENCES)]
+    rng.shuffle(sentences)
+    cut = rng.randint(0, 2)
+    sentences[cut:cut] = [rng.choice(ASK_SENTENCES)]
+    greeting = [rng.choice(GREETINGS)] if rng.random() < 0.6 else []
+    return " ".join(greeting + sentences).format(**values)
 
 
 def booking_rows(num_rows: int, seed: int, unseen: bool = False) -> list[dict]:
