@@ -150,3 +150,24 @@ def test_without_llama_cpps_tools_gguf_is_refused_when_the_pipeline_compiles_nam
     with pytest.raises(GGUFError, match=r"llama.cpp's converter, not found in .*nowhere: make install"):
         check_model_supports_gguf(ModelConfig(source="local", name_or_path=str(tiny_model_dir)), ["f16"])
     assert os.path.isfile(os.path.join(sys.prefix, "share", "llama.cpp", "convert_hf_to_gguf.py"))  # make install's
+
+
+def test_llama_cpp_reads_a_whitespace_run_before_a_digit_as_one_token_where_smollm2s_tokenizer_reads_two(tmp_path):
+    """Known and left: in a GGUF of SmolLM2 (the embedded model's vocabulary), llama.cpp encodes "\\n\\n" or two spaces
+    before a digit as one token, transformers as two, so a prompt with a blank line before a number ("\\n\\n1. ...") is
+    other ids there, and the export's check refuses a file whose check prompts hold one. When this fails, llama.cpp
+    agrees: the tiny Llama 3's check rows (tests/test_model_families.py) no longer need to leave such rows out."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from llm_engineering.model.embedded import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    vocab = Llama(model_path=str(convert(embedded_model_dir(), tmp_path / "vocab.gguf", vocab_only=True)),
+                  vocab_only=True, verbose=False)
+    ids = {text: (tokenizer(text, add_special_tokens=False)["input_ids"],
+                  vocab.tokenize(text.encode(), add_bos=False, special=True))
+           for text in ["Hi\n\n2 people", "table for  4", "Hi\n\nTwo people", "user\n2 people"]}
+    assert [hf == cpp for hf, cpp in ids.values()] == [False, False, True, True], ids
+    hf, cpp = ids["Hi\n\n2 people"]
+    assert tokenizer.convert_ids_to_tokens(hf)[1:3] == ["Ċ", "Ċ"] and tokenizer.convert_ids_to_tokens(cpp)[1] == "ĊĊ"

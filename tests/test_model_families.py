@@ -98,8 +98,11 @@ def test_each_family_loads_trains_merges_and_exports_as_itself(name, family_chec
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "in_memory")
     gguf_types = ["f16", "q4_k_m"] if name in GGUF_CHECKED else []
-    export = write_export(merged, tokenizer, tmp_path / "export", "card", gguf_types=gguf_types,
-                          check_rows=[split.eval[i] for i in range(4)])
+    check_rows = [split.eval[i] for i in range(4)]
+    if name in BLANK_LINE_BEFORE_MESSAGES:  # llama.cpp splits "\n\n" before a digit its own way here (test_gguf.py)
+        check_rows = [row for row in [*split.eval, *split.train]
+                      if not any(m["content"][:1].isdigit() for m in row["messages"])][:4]
+    export = write_export(merged, tokenizer, tmp_path / "export", "card", gguf_types=gguf_types, check_rows=check_rows)
     reloaded, exported_tokenizer, diff = verify_export(export, merged, [split.eval[i] for i in range(4)])
     assert diff <= 1e-5
     config = json.loads((export / "config.json").read_text())
@@ -158,6 +161,9 @@ def test_each_familys_chat_model_in_mlflow_answers_as_the_export_does(name, fami
 # hybrid tokenizer (the Qwen2 pre-tokenizer over SmolLM2's vocabulary, which no real model has) is refused when the
 # pipeline compiles (test below). Mistral's and Phi-3's reproduce only with their tokenizers as the real ones are
 # (legacy SentencePiece; Phi-3's markers rstrip) and Phi-3's GGUF named so that llama.cpp knows it (export/llama_cpp.py).
+# Templates that put a blank line before each message's text, over SmolLM2's vocabulary and pre-tokenizer (the tiny
+# checkpoint's, not the real Llama 3's): llama.cpp encodes "\n\n" before a digit as one token, transformers as two.
+BLANK_LINE_BEFORE_MESSAGES = {"llama3"}
 GGUF_CHECKED = ("llama3", "qwen3", "gemma2", "gemma3", "mistral", "phi3")
 
 
