@@ -242,7 +242,8 @@ def log_adapter_model(adapter_dir, params: dict[str, Any]) -> Optional[str]:
         return None
     import mlflow
 
-    model = mlflow.initialize_logged_model(name=ADAPTER_MODEL_NAME, source_run_id=run_id, model_type="peft-lora-adapter",
+    model = mlflow.initialize_logged_model(name=ADAPTER_MODEL_NAME, source_run_id=run_id,
+                                           model_type="peft-lora-adapter",
                                            params={k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
     try:
         mlflow.MlflowClient().log_model_artifacts(model.model_id, str(adapter_dir))

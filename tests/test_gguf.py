@@ -170,4 +170,5 @@ def test_llama_cpp_reads_a_whitespace_run_before_a_digit_as_one_token_where_smol
            for text in ["Hi\n\n2 people", "table for  4", "Hi\n\nTwo people", "user\n2 people"]}
     assert [hf == cpp for hf, cpp in ids.values()] == [False, False, True, True], ids
     hf, cpp = ids["Hi\n\n2 people"]
-    assert tokenizer.convert_ids_to_tokens(hf)[1:3] == ["Ċ", "Ċ"] and tokenizer.convert_ids_to_tokens(cpp)[1] == "ĊĊ"
+    tokens = tokenizer.convert_ids_to_tokens
+    assert tokens(hf)[1:3] == ["Ċ", "Ċ"] and tokens(cpp)[1] == "ĊĊ"
