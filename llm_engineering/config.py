@@ -214,7 +214,8 @@ class AdapterConfig(_Section):
     @model_validator(mode="after")
     def _targets_are_usable(self) -> "AdapterConfig":
         if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("target_modules must name at least one module (or be a preset: all-linear, attention, mlp)")
+            raise ValueError("target_modules must name at least one module "
+                             "(or be a preset: all-linear, attention, mlp)")
         if isinstance(self.target_modules, str) and self.target_modules not in TARGET_PRESETS:
             try:
                 re.compile(self.target_modules)
@@ -553,6 +554,11 @@ def flatten(config: BaseModel, prefix: str = "") -> dict[str, Any]:
     for key, value in config.model_dump(mode="json").items():
         _flatten_into(flat, f"{prefix}{key}", value)
     return flat
+
+
+def adapter_model_params(adapter: BaseModel, preference: Optional[BaseModel] = None) -> dict[str, Any]:
+    """The settings a logged adapter model carries: its LoRA settings and, from a preference run, the method's."""
+    return {**flatten(adapter, prefix="adapter."), **(flatten(preference, prefix="preference.") if preference else {})}
 
 
 def _flatten_into(flat: dict[str, Any], key: str, value: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows
-from llm_engineering.config import ExportConfig, RunConfig, flatten
+from llm_engineering.config import ExportConfig, RunConfig, adapter_model_params, flatten
 from llm_engineering.console import run_description
 from llm_engineering.evaluation import ModelEvaluation, compare
 from llm_engineering.export.export_dir import (
@@ -68,9 +68,7 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     metrics.update(gguf_metrics(out))
 
     _track(out, config, run_config, metrics, step_seconds or {}, card, samples)
-    adapter_params = flatten(config.adapter, prefix="adapter.")
-    if method != "sft":
-        adapter_params.update(flatten(config.preference, prefix="preference."))
+    adapter_params = adapter_model_params(config.adapter, config.preference if method != "sft" else None)
     tracking.log_adapter_model_unless_logged(trained_adapter, adapter_params)  # training may have come from cache
     sample = serving_sample(exported, exported_tokenizer, rows, export.chat_max_tokens)
     if sample:

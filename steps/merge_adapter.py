@@ -21,7 +21,8 @@ def merge_adapter(
 ) -> Tuple[Annotated[CheckpointDir, "merged_model"], Annotated[Report, "merge_report"]]:
     """merge_and_unload into full-precision weights; fails before export if merged logits drift from the adapter's."""
     with scratch_output("merged-model-") as out:
-        report = merge(base_model.config, merge_config, trained_adapter.path, first_rows(eval_dataset, merge_config.fidelity_prompts), out)
+        prompts = first_rows(eval_dataset, merge_config.fidelity_prompts)
+        report = merge(base_model.config, merge_config, trained_adapter.path, prompts, out)
     tracking.log_metrics(report.metrics())
     tracking.log_dict(report.__dict__, "merge_fidelity.json")
     log_metadata(metadata=report.metrics())

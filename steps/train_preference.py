@@ -5,7 +5,7 @@ from zenml import step
 
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
-from llm_engineering.config import AdapterConfig, PreferenceConfig, TrainConfig, flatten
+from llm_engineering.config import AdapterConfig, PreferenceConfig, TrainConfig, adapter_model_params
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
@@ -33,5 +33,5 @@ def train_preference(
             base_model.config, adapter, train, preference, initial_adapter.path, train_dataset, eval_dataset, out,
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
         )
-    trained, report = training_outputs(result, out, {**flatten(adapter, prefix="adapter."), **flatten(preference, "preference.")})
+    trained, report = training_outputs(result, out, adapter_model_params(adapter, preference))
     return trained, report  # a literal tuple: ZenML reads two outputs from the return statement

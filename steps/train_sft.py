@@ -5,7 +5,7 @@ from zenml import step
 
 from llm_engineering import tracking
 from llm_engineering.artifacts import CheckpointDir, Report, scratch_output
-from llm_engineering.config import AdapterConfig, TrainConfig, flatten
+from llm_engineering.config import AdapterConfig, TrainConfig, adapter_model_params
 from llm_engineering.model.loading import BaseModelRef
 from llm_engineering.orchestration.caching import LIBRARY_AWARE
 from llm_engineering.orchestration.process import prepare_process
@@ -34,5 +34,5 @@ def train_sft(
             callbacks=[tracking.mlflow_metrics_callback()], checkpoint_dir=checkpoints,
             mlflow_run=tracking.active_run_target(),
         )
-    trained, report = training_outputs(result, out, flatten(adapter, prefix="adapter."))
+    trained, report = training_outputs(result, out, adapter_model_params(adapter))
     return trained, report  # a literal tuple: ZenML reads two outputs from the return statement
