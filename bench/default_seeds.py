@@ -61,7 +61,7 @@ def run_seed(repo: Path, document: dict, seed: int, out_dir: Path) -> dict:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     [tracked] = client.search_runs([client.get_experiment_by_name("finetune").experiment_id],
                                    f'tags.mlflow.runName = "{run.name}"')
-    table = json.loads(Path(client.download_artifacts(tracked.info.run_id, "eval_samples.json")).read_text())
+    table = json.loads(Path(client.download_artifacts(tracked.info.run_id, "eval_samples.json", str(repo))).read_text())
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     wrong = [{"prompt": r["prompt"][-120:], "reference": r["reference"], "output": r["finetuned_output"]}
              for r in rows if r["set"] == "task" and r["finetuned_score"] < 1.0]
