@@ -345,18 +345,23 @@ class ExportConfig(_Section):
 
 
 GENERATION_METRICS = ("exact_match", "json_exact_match", "json_valid", "rouge_l", "contains")
-LOWER_IS_BETTER = ("perplexity", "eval_loss", "regression_drop")
+LOWER_IS_BETTER = ("perplexity", "eval_loss", "regression_drop", "general_drop")
 
 
 class RegressionConfig(_Section):
     """Did fine-tuning break general ability? The base and the fine-tuned model answer the same general questions;
-    `regression_drop` is how many more of them the fine-tune gets wrong (a share, 0..1)."""
+    `regression_drop` is how many more of them the fine-tune gets wrong (a share, 0..1). `general_drop` measures it
+    against the base model's own answers to everyday prompts, so it works for any base model."""
 
     builtin: bool = Field(True, description="the shipped probe set: short general questions the embedded base "
                                             "model answers correctly")
     file: Optional[str] = Field(None, description="your own probe file (any supported chat format), added to the set")
     metric: Literal[GENERATION_METRICS] = "contains"  # how each probe's answer is scored
     max_new_tokens: int = Field(32, gt=0)  # tokens generated per probe
+    general_prompts: int = Field(100, ge=0, description="everyday prompts the base model answers once; each later "
+                                                        "model is scored on the probability it gives those answers' "
+                                                        "tokens (general_drop, what the gate decides on); 0: off")
+    general_max_new_tokens: int = Field(32, gt=0)  # tokens the base model answers each general prompt with
 
     @property
     def enabled(self) -> bool:
@@ -382,6 +387,9 @@ class EvalConfig(_Section):
 
     max_rows: int = Field(40, gt=0)  # task rows generated and scored per model
     max_new_tokens: int = Field(64, gt=0)  # tokens generated per eval row
+    answer_margin: Optional[int] = Field(8, ge=0, description="each eval answer is cut at its reference's length in "
+                                                               "tokens plus this many (a model that never stops costs "
+                                                               "what the answers need); null: max_new_tokens only")
     batch_size: int = Field(20, gt=0)  # eval rows generated at once
     metric: Literal[("auto",) + GENERATION_METRICS + ("perplexity",)] = Field(
         "auto", description="auto: perplexity for plain-text data, json_exact_match for the synthetic task, rouge_l "
@@ -401,16 +409,19 @@ class EvalConfig(_Section):
 
 
 class PromotionConfig(_Section):
-    """The registry gate: a new version becomes `champion` only if it beats the current champion's metric by more
-    than `margin` (or there is no champion yet), it was evaluated on the same eval data, and it did not lose more of
-    the regression probes than `max_regression`; otherwise it is registered as `challenger`, with the reason."""
+    """The registry gate, decided on 95 % intervals over per-item scores: a new version becomes `champion` only if
+    its general-ability drop (general_drop, else regression_drop) lies below `max_regression`, it was evaluated on the
+    same eval data as the champion, and its paired difference with the champion over the same eval items lies above
+    `margin` (or there is no champion yet); otherwise it is registered as `challenger`, with the reason, the interval
+    and the rule. An interval that spans a threshold is "cannot tell", with about how many items would tell."""
 
     metric: Optional[str] = Field(None, description="an MLflow metric of the run; default: finetuned_<task metric>")
     margin: float = Field(0.0, ge=0.0, description="how much better than the champion a new version must be")
-    higher_is_better: Optional[bool] = Field(None, description="default: lower is better for perplexity, losses "
-                                                               "and regression_drop, higher for the rest")
-    max_regression: Optional[float] = Field(0.10, ge=0.0, le=1.0, description="never champion if regression_drop "
-                                                                              "exceeds this; null: no check")
+    higher_is_better: Optional[bool] = Field(None, description="default: lower is better for perplexity, losses, "
+                                                               "regression_drop and general_drop, higher for the rest")
+    max_regression: Optional[float] = Field(0.10, ge=0.0, le=1.0, description="never champion unless the general-"
+                                                                              "ability drop's 95 % interval lies "
+                                                                              "below this; null: no check")
 
 
 DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "aot", "apo_zero",

@@ -257,15 +257,24 @@ def headline(m: dict[str, Any]) -> str:
     model went in the registry."""
     parts = []
     for key in sorted(m):
-        if key.startswith("finetuned_") and not key.endswith(("stop_rate", "perplexity", "regression_score")):
+        if key.startswith("finetuned_") and not key.endswith(("stop_rate", "perplexity", "regression_score",
+                                                              "general_agreement", "general_probability", "_ci_low",
+                                                              "_ci_high")):
             metric = key[len("finetuned_"):]
             path = [m.get(f"{role}_{metric}") for role in ("base", "start")] + [m[key]]
-            parts.append(f"{metric} " + " -> ".join(f"{v:.3f}" for v in path if isinstance(v, (int, float))))
-    if isinstance(m.get("regression_drop"), (int, float)):
-        parts.append(f"regression_drop {m['regression_drop']:.3f}")
+            parts.append(f"{metric} " + " -> ".join(f"{v:.3f}" for v in path if isinstance(v, (int, float)))
+                         + _interval(m, key))
+    for drop in ("general_drop", "regression_drop"):
+        if isinstance(m.get(drop), (int, float)):
+            parts.append(f"{drop} {m[drop]:.3f}{_interval(m, drop)}")
     if m.get("version"):
         parts.append(f"{m.get('registered_model_name')} v{m['version']} @{m.get('promotion') or 'no alias'}")
     return ", ".join(parts)
+
+
+def _interval(m: dict[str, Any], key: str) -> str:
+    low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    return f" [{low:.3f}, {high:.3f}]" if isinstance(low, (int, float)) and isinstance(high, (int, float)) else ""
 
 
 def failure_block(run_name: str, failures: list[tuple[str, str]]) -> str:

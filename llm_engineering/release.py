@@ -14,14 +14,14 @@ from typing import Any, Optional
 
 from llm_engineering import tracking
 from llm_engineering.artifacts import first_rows
-from llm_engineering.config import ExportConfig, RunConfig, adapter_model_params, flatten
+from llm_engineering.config import GENERATION_METRICS, ExportConfig, RunConfig, adapter_model_params, flatten
 from llm_engineering.console import run_description
-from llm_engineering.evaluation import ModelEvaluation, compare
+from llm_engineering.evaluation import ModelEvaluation, compare, item_drops, item_scores
 from llm_engineering.export.export_dir import (
     gguf_metrics, load_exported, push_to_hub, serving_sample, verify_export, write_export,
 )
 from llm_engineering.export.model_card import check_vllm_rank, model_card
-from llm_engineering.promotion import Decision, apply_decision, current_champion, decide, start_metric
+from llm_engineering.promotion import Decision, Evidence, apply_decision, current_champion, decide, start_metric
 
 
 @dataclass
@@ -81,7 +81,8 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
         decision = decide(gate_metric, metrics[gate_metric], champion, gate.margin,
                           config.higher_is_better(gate_metric), regression_drop=metrics.get("regression_drop"),
                           max_regression=gate.max_regression, eval_fingerprint=tuned.eval_fingerprint,
-                          start=metrics.get(start_metric(gate_metric)) if start_evaluation else None)
+                          start=metrics.get(start_metric(gate_metric)) if start_evaluation else None,
+                          evidence=gate_evidence(base, tuned, start_evaluation, gate_metric))
         apply_decision(registry_name, registered["version"], decision, tuned.eval_fingerprint)
         tracking.log_dict(decision.as_dict(), "promotion.json")
         tracking.log_metrics({"promotion_promoted": float(decision.promoted)})
@@ -93,6 +94,19 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
         summary["vllm_warning"] = vllm_warning
     tracking.set_description(run_description(base_model_name, data_summary, run_config, summary))
     return Release(out.resolve(), summary, card, samples, decision)
+
+
+def gate_evidence(base: ModelEvaluation, tuned: ModelEvaluation, start_evaluation: Optional[dict],
+                  gate_metric: str) -> Evidence:
+    """The per-item scores the gate decides on: the task's (when the gate metric is the task metric, which is scored
+    per item) and general ability's (the base's own answers when scored, else the probes)."""
+    per_item = gate_metric.removeprefix("finetuned_") in GENERATION_METRICS  # the task samples' own metric
+    task = item_scores(tuned, "task") if per_item else []
+    general = "general" if base.general and tuned.general else "regression"
+    return Evidence(candidate=task, base=item_scores(base, "task") if task else [],
+                    start=item_scores(ModelEvaluation(**start_evaluation), "task") if task and start_evaluation else [],
+                    regression=item_drops(base, tuned, general),
+                    regression_metric="general_drop" if general == "general" else "regression_drop")
 
 
 def _track(out: Path, config: RunConfig, run_config: dict, metrics: dict, step_seconds: dict, card: str,

@@ -66,7 +66,7 @@ def finetune(config: Optional[dict[str, Any]] = None) -> None:
     base_settings = cfg.eval.model_copy(update={"harness": HarnessConfig()})
     base_evaluation = evaluate_model(base_model=base_model, evaluation=base_settings, **scoring, id="evaluate_base")
     finetuned_evaluation = evaluate_model(base_model=base_model, merged_model=merged_model, evaluation=cfg.eval,
-                                          **scoring, id="evaluate_finetuned")
+                                          reference=base_evaluation, **scoring, id="evaluate_finetuned")
     export_model(
         merged_model=merged_model,
         trained_adapter=trained_adapter,

@@ -68,9 +68,9 @@ def preference(config: Optional[dict[str, Any]] = None) -> None:
         start_model, _ = merge_adapter(base_model=base_model, trained_adapter=initial_adapter,
                                        eval_dataset=eval_dataset, merge_config=cfg.merge, id="merge_start")
         start_evaluation = evaluate_model(base_model=base_model, merged_model=start_model, evaluation=plain,
-                                          role="start", **scoring, id="evaluate_start")
+                                          role="start", reference=base_evaluation, **scoring, id="evaluate_start")
     finetuned_evaluation = evaluate_model(base_model=base_model, merged_model=merged_model, evaluation=cfg.eval,
-                                          **scoring, id="evaluate_finetuned")
+                                          reference=base_evaluation, **scoring, id="evaluate_finetuned")
     export_model(
         merged_model=merged_model, trained_adapter=trained_adapter, base_model=base_model, eval_dataset=eval_dataset,
         data_summary=data_summary, training_metrics=training_metrics, merge_report=merge_report,

@@ -26,15 +26,18 @@ def evaluate_model(
     eval_dataset: Optional[Dataset] = None,
     merged_model: Optional[CheckpointDir] = None,
     role: Optional[str] = None,
+    reference: Optional[dict[str, Any]] = None,
 ) -> Annotated[Report, "evaluation"]:
     """Score the base model (no `merged_model`; cached while the base, the eval rows and the settings stay) or the
     merged fine-tune on the eval rows (`eval_dataset`, or `evaluation.eval_file`) and the regression probes.
     `files_digest`: the content of the evaluation's own files, for the cache key. `role` "start": the merged
-    adapter a preference run started from."""
+    adapter a preference run started from. `reference`: the base model's evaluation, whose answers to the general
+    prompts a fine-tune is scored on."""
     if task_metric == "auto":  # the format was known only once the rows were read
         task_metric = evaluation.metric_for(data_summary["format"])
     result = evaluate_checkpoint(base_model.config, merged_model.path if merged_model else None, eval_dataset,
-                                 evaluation, task_metric, dtype, max_length, role)
+                                 evaluation, task_metric, dtype, max_length, role,
+                                 reference.get("general") if reference else None)
     log_metadata(metadata=result.metrics)
     evaluation_dict = result.as_dict()
     return Report(evaluation_dict, evaluation_views(evaluation_dict))

@@ -53,3 +53,9 @@ def test_a_stage_line_carries_the_figure_that_matters():
                              "finetuned_stop_rate": 1.0, "regression_drop": 0.077, "version": "3",
                              "registered_model_name": "smollm2-booking", "promotion": "champion"}) == \
         "json_exact_match 0.000 -> 0.875, regression_drop 0.077, smollm2-booking v3 @champion"
+    # each figure with its 95 % interval where the evaluation logged one
+    assert console.headline({"base_json_exact_match": 0.0, "finetuned_json_exact_match": 0.85,
+                             "finetuned_json_exact_match_ci_low": 0.767, "finetuned_json_exact_match_ci_high": 0.907,
+                             "finetuned_general_agreement": 0.97, "finetuned_general_probability": 0.6, "general_drop": 0.03, "general_drop_ci_low": 0.02,
+                             "general_drop_ci_high": 0.041}) == \
+        "json_exact_match 0.000 -> 0.850 [0.767, 0.907], general_drop 0.030 [0.020, 0.041]"

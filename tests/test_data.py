@@ -25,7 +25,7 @@ def test_synthetic_task_is_deterministic_and_seeded():
 def test_the_evaluation_requests_are_made_of_what_training_never_shows():
     # data/samples/booking_unseen.jsonl is the generator's unseen set as shipped...
     shipped = (SAMPLES / "booking_unseen.jsonl").read_text(encoding="utf-8").splitlines()
-    assert [json.loads(line) for line in shipped] == booking_rows(40, seed=2026, unseen=True)
+    assert [json.loads(line) for line in shipped] == booking_rows(100, seed=2026, unseen=True)
     # ...and no training request, at any seed, holds its names, its restaurants' words or its sentence shapes
     words = {word for name in UNSEEN_RESTAURANTS for word in name.split()} - {"The"}
     shapes = [part.strip(" .,;-") for template in UNSEEN_TEMPLATES for part in re.split(r"\{\w+\}", template)]

@@ -40,23 +40,36 @@ def mlflow_run_of(uri: str, zenml_run_name: str, experiment: str = "finetune"):
     return run
 
 
-def test_the_default_run_learns_the_task_keeps_the_probes_and_registers_the_champion(default_run):
+def test_the_default_run_learns_the_task_and_the_gate_follows_its_own_rule(default_run):
     uri = default_run["uri"]
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = mlflow_run_of(uri, zenml_run(default_run).name)
     metrics = run.data.metrics
-    print({k: v for k, v in metrics.items() if k.startswith(("base_", "finetuned_", "merge_", "train_tok", "regr"))})
-    # the task learned on sentence shapes, names and restaurants training never showed (0.80-0.875 measured, by CPU; the
-    # issue's 0.9 is not met, see README)...
-    assert metrics["finetuned_json_exact_match"] >= 0.75 > metrics["base_json_exact_match"] + 0.5
-    assert metrics["finetuned_stop_rate"] == 1.0  # EOS learned: every eval generation ended by itself
-    # ...without breaking the general questions the base model answers (the probes are its own right answers)
-    assert metrics["base_regression_score"] >= 0.9 and metrics["regression_drop"] <= 0.10
+    print({k: v for k, v in metrics.items() if k.startswith(("base_", "finetuned_", "merge_", "train_tok", "regr",
+                                                             "general"))})
+    # the task learned on sentence shapes, names and restaurants training never showed: a floor well below the
+    # minimum measured over seeds and both precisions (bench/results/default_seeds.json), on 100 unseen rows
+    assert metrics["finetuned_json_exact_match"] >= 0.6 > 0.2 > metrics["base_json_exact_match"]
+    assert metrics["finetuned_json_exact_match_ci_low"] < metrics["finetuned_json_exact_match"] < \
+        metrics["finetuned_json_exact_match_ci_high"]
+    assert metrics["finetuned_stop_rate"] >= 0.95  # EOS learned: eval generations end by themselves
+    # general ability against the base model's own answers: the base agrees with itself, the fine-tune was scored
+    assert metrics["base_general_agreement"] >= 0.98 and 0 <= metrics["finetuned_general_agreement"] <= 1
+    assert metrics["general_drop"] == pytest.approx(metrics["base_general_probability"] -
+                                                    metrics["finetuned_general_probability"])
     assert metrics["merge_max_abs_logit_diff"] <= 1e-3
+    # the gate's decision follows its rule from the logged numbers: champion (the first version: nothing to beat)
+    # exactly when the general drop's 95 % interval lies below the cap; otherwise challenger, saying why
+    gate = default_run["gate"]
+    cap = 0.10
+    kept = metrics["general_drop_ci_high"] <= cap
+    assert gate["promotion"] == ("champion" if kept else "challenger"), gate["promotion_reason"]
+    assert gate["promotion_reason"].startswith("no champion yet" if kept else "general_drop")
+    assert f"general_drop {metrics['general_drop']:.3f} [95% CI" in gate["promotion_reason"]
     [version] = client.search_model_versions(f"name='{NAME}'")
-    # a fresh registry has no champion: the first version becomes it, and production in ZenML's Model Control Plane
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == str(version.version) == "1"
-    assert Client().get_model_version(NAME, "production").number == 1
+    assert version.tags["promotion"] == gate["promotion"] and str(version.version) == "1"
+    if kept:
+        assert Client().get_model_version(NAME, "production").number == 1
     # MLflow's system metrics were sampled while the steps ran
     assert any(name.startswith("system/cpu_utilization") for name in metrics)
     # the data a user can inspect in MLflow: counts, length statistics, the histogram and the dataset input
@@ -99,8 +112,15 @@ def test_mlflow_has_the_params_metrics_artifacts_lineage_and_registered_model(de
     for name in ["train_loss", "train_learning_rate", "train_grad_norm", "eval_loss", "train_tokens_per_second",
                  "base_json_exact_match", "finetuned_json_exact_match", "merge_max_abs_logit_diff",
                  "base_perplexity", "finetuned_perplexity", "base_regression_score", "finetuned_regression_score",
-                 "regression_drop", "step_seconds_evaluate_base", "step_seconds_evaluate_finetuned"]:
+                 "regression_drop", "step_seconds_evaluate_base", "step_seconds_evaluate_finetuned",
+                 "general_drop", "general_drop_ci_low", "general_drop_ci_high", "finetuned_json_exact_match_ci_low",
+                 "finetuned_json_exact_match_ci_high", "regression_drop_ci_high", "general_top1_drop"]:
         assert name in metrics, name
+    # the decision with the intervals it rested on, as the console and the run's metrics give them
+    decision = mlflow.artifacts.load_dict(f"{mlflow_run.info.artifact_uri}/promotion.json")
+    assert decision["intervals"]["general_drop"]["high"] == pytest.approx(metrics["general_drop_ci_high"])
+    assert decision["intervals"]["gain_over_base"]["n"] == 100 and decision["reason"] == \
+        default_run["gate"]["promotion_reason"]
     assert len(client.get_metric_history(mlflow_run.info.run_id, "train_loss")) == 25  # 50 steps, logged every 2
     throughput = client.get_metric_history(mlflow_run.info.run_id, "train_step_tokens_per_second")
     assert len(throughput) == 25 and all(point.value > 0 for point in throughput)
@@ -135,9 +155,11 @@ def test_mlflow_has_the_params_metrics_artifacts_lineage_and_registered_model(de
         assert mlflow.models.get_model_info(f"models:/{NAME}/1").metadata["task"] == "llm/v1/chat"
     finally:
         mlflow.set_tracking_uri(previous)
-    # the first version has nothing to beat: champion in MLflow, production in ZenML's Model Control Plane
-    assert metrics["promotion_promoted"] == 1.0
-    zenml_version = Client().get_model_version(NAME, "production")
+    # the first version has nothing to beat: champion in MLflow, production in ZenML's Model Control Plane, unless
+    # it lost general ability (the gate's rule: test_the_default_run_learns_the_task_and_the_gate_follows_its_own_rule)
+    promoted = default_run["gate"]["promotion"] == "champion"
+    assert metrics["promotion_promoted"] == float(promoted)
+    zenml_version = Client().get_model_version(NAME, "production" if promoted else "staging")
     assert zenml_version.run_metadata["finetuned_json_exact_match"] == metrics["finetuned_json_exact_match"]
     assert zenml_version.get_artifact("trained_adapter") is not None  # the run's artifacts are linked to it
     assert str(run.id) in {str(i) for i in zenml_version.pipeline_run_ids.values()}
@@ -162,10 +184,13 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     assert [line for line in lines if re.match(r"    training: +\d+% \(\d+/50 step", line)]  # progress, as lines
     # the closing summary: headline, export, registry, where to look; ZenML's "finished" lines only after it
     summary, after = console[console.rindex("Fine-tune finished: "):].split("=" * 78 + "\n", 1)
-    assert re.search(rf"result +json_exact_match [\d.]+ -> [\d.]+, regression_drop -?[\d.]+, {NAME} v1 "
-                     r"@champion", summary), summary
+    alias = default_run["gate"]["promotion"]
+    assert re.search(rf"result +json_exact_match [\d.]+ -> [\d.]+ \[[\d.]+, [\d.]+\], general_drop -?[\d.]+ "
+                     rf"\[-?[\d.]+, -?[\d.]+\], regression_drop -?[\d.]+ \[-?[\d.]+, -?[\d.]+\], {NAME} v1 @{alias}",
+                     summary), summary
+    assert f"gate       {default_run['gate']['promotion_reason']}" in summary
     assert f"export     {(root / 'outputs' / NAME).resolve()}" in summary
-    assert f"registry   models:/{NAME}/1 (alias champion: make serve)" in summary
+    assert f"registry   models:/{NAME}/1" + (" (alias champion: make serve)" if alias == "champion" else "") in summary
     assert all(re.search(r"export_model\S* has finished|Pipeline run has finished", line)
                for line in after.splitlines() if line.strip()), after
     mlflow_run_id = re.search(r"MLflow +http://127\.0\.0\.1:5000/#/experiments/\d+/runs/([0-9a-f]{32})", summary)[1]
@@ -184,7 +209,8 @@ def test_the_console_shows_each_stage_with_its_figure_and_ends_with_the_summary(
     assert mlflow_end - mlflow_start <= (run.end_time - run.start_time).total_seconds() + 1
     description = mlflow_run.data.tags["mlflow.note.content"]
     assert "fine-tuned on" in description and "506 train / 20 eval rows) with QLoRA r=16" in description
-    assert "Result: json_exact_match" in description and "Gate: no champion yet" in description
+    assert "Result: json_exact_match" in description and f"Gate: {default_run['gate']['promotion_reason']}" in \
+        description
 
 
 def _epoch(moment: datetime.datetime) -> float:  # ZenML keeps UTC times without a zone
@@ -338,9 +364,12 @@ def test_changing_only_training_hyperparameters_reuses_the_cached_steps_and_the_
     # registered as challenger, with the regression as reason; aliases and stages follow the gate's decision
     decision = steps["export_model"].run_metadata
     print({k: v for k, v in decision.items() if k.startswith(("finetuned_", "regression", "promotion", "gguf_"))})
-    assert decision["regression_drop"] > 0.10 and decision["promotion"] == "challenger"
-    assert decision["promotion_reason"].startswith("regression_drop") and "max_regression 0.1" in \
+    # refused with the metric, its interval and the rule in the reason (the learning rate x50 forgot how to answer)
+    assert decision["general_drop_ci_low"] > 0.10 and decision["promotion"] == "challenger"
+    assert decision["promotion_reason"].startswith(f"general_drop {decision['general_drop']:.3f} [95% CI "), \
         decision["promotion_reason"]
+    assert "is above promotion.max_regression 0.1: the fine-tune lost general ability (rule: champion only if the " \
+           "95 % interval lies below promotion.max_regression 0.1)" in decision["promotion_reason"]
     client = mlflow.MlflowClient(tracking_uri=default_run["uri"])
     second = client.get_model_version(NAME, "2")
     assert second.tags["promotion"] == "challenger"
@@ -380,15 +409,15 @@ def test_configs_that_start_from_the_default_runs_champion_compile_as_shipped(na
 
 def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_rewards(default_run, shared_repo, capfd):
     """configs/dpo.yaml as shipped (`make dpo`) except its size: 2 steps, 4 held-out pairs scored, 4 eval rows and
-    no regression probes (the default run scores them, three times here would be half a minute); in this process (the
-    CLI's path is the default run's)."""
+    no regression probes or general check (the default run scores them, three times here would be a minute); in
+    this process (the CLI's path is the default run's)."""
     root, uri = default_run["root"], default_run["uri"]
     document = yaml.safe_load((PROJECT / "configs" / "dpo.yaml").read_text())
     cfg = document["parameters"]["config"]
     assert cfg["preference"]["start_adapter"] == f"models:/{NAME}@champion"
     cfg["data"]["eval_rows"] = 4
     cfg["train"].update(max_steps=2, eval_steps=2, logging_steps=1, checkpoint_steps=None)
-    cfg["eval"].update(max_rows=4, regression={"builtin": False})
+    cfg["eval"].update(max_rows=4, regression={"builtin": False, "general_prompts": 0})
     config = root / "dpo-small.yaml"
     config.write_text(yaml.safe_dump(document))
     run = run_in_process(shared_repo, config, "pipelines.preference.preference")

@@ -76,8 +76,15 @@ def test_base_and_finetuned_are_scored_the_same_way_and_paired_prompt_by_prompt(
     dataset = Dataset.from_list(eval_rows)
     base = evaluate_checkpoint(tiny_model_cfg, None, dataset, evaluation, "json_exact_match", "float32", 256)
     tuned = evaluate_checkpoint(tiny_model_cfg, tiny_model_dir, dataset, evaluation, "json_exact_match", "float32",
-                                256)
+                                256, reference=base.general)
     assert (base.role, tuned.role) == ("base", "finetuned")
+    # general ability: the base answered the general prompts; the same weights, scored teacher-forced on those
+    # answers, pick the same tokens (batched left-padded generation and one forward pass agree)
+    assert len(base.general) == evaluation.regression.general_prompts == 100
+    assert [g["answer_ids"] for g in tuned.general] == [g["answer_ids"] for g in base.general]
+    assert base.metrics["base_general_agreement"] >= 0.99
+    assert tuned.metrics["finetuned_general_agreement"] == pytest.approx(base.metrics["base_general_agreement"])
+    assert tuned.metrics["finetuned_general_probability"] == pytest.approx(base.metrics["base_general_probability"])
     shipped = len(PROBES.read_text().splitlines())
     assert [s["set"] for s in base.samples] == ["task"] * 4 + ["regression"] * (shipped + 2)
     assert base.samples[-2]["reference"] == "Berlin" and "\u2028" in base.samples[-2]["prompt"]
@@ -86,6 +93,8 @@ def test_base_and_finetuned_are_scored_the_same_way_and_paired_prompt_by_prompt(
     # the same weights loaded two ways (the base path and the export path) score the same on the same prompts
     assert metrics["base_perplexity"] == pytest.approx(metrics["finetuned_perplexity"], rel=1e-5)
     assert metrics["regression_drop"] == 0.0 and base.eval_fingerprint == tuned.eval_fingerprint
+    assert metrics["general_drop"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["general_drop_ci_low"] <= 0.0 <= metrics["general_drop_ci_high"] + 1e-6
     assert [row["base_output"] for row in table] == [row["finetuned_output"] for row in table]
     assert len(table) == len(base.samples)
 

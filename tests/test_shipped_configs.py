@@ -202,7 +202,7 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
         stops if isinstance(stops, list) else [stops])  # a served answer stops at the template's end of turn
     if name == "data_text":  # plain text is scored by perplexity, lower is better, and that is what was gated
         assert data["format"] == "text" and export["finetuned_perplexity"] > 1
-        assert export["promotion_reason"] == "no champion yet"
+        assert export["promotion_reason"].startswith(("no champion yet", "general_drop"))
     elif name == "grpo":  # every reward's curve, the KL and the completions' length reached MLflow
         from mlflow import MlflowClient
 

@@ -253,5 +253,5 @@ def booking_preference_rows(num_rows: int, seed: int, unseen: bool = False, copy
 
 
 if __name__ == "__main__":  # python -m llm_engineering.data.synthetic > data/samples/booking_unseen.jsonl
-    for row in booking_rows(40, seed=2026, unseen=True):
+    for row in booking_rows(100, seed=2026, unseen=True):
         print(json.dumps(row, ensure_ascii=False))

@@ -5,7 +5,7 @@ API."""
 
 from llm_engineering.evaluation.evaluate import (  # noqa: F401
     PROBES, ROLES, ModelEvaluation, compare, eval_fingerprint, eval_rows, evaluate_checkpoint, evaluate_model,
-    probe_rows,
+    item_drops, item_scores, probe_rows,
 )
 from llm_engineering.evaluation.generation import evaluate_generation  # noqa: F401
 from llm_engineering.evaluation.perplexity import perplexity  # noqa: F401

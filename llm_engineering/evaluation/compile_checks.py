@@ -11,7 +11,7 @@ from llm_engineering.data.formats import detect_format, rename_columns
 from llm_engineering.data.sources import inputs_digest, peek_rows
 from llm_engineering.evaluation import ROLES
 
-EVALUATION_PREFIXES = ("base_", "finetuned_", "regression_")
+EVALUATION_PREFIXES = ("base_", "finetuned_", "regression_", "general_")
 
 
 def expected_format(cfg: RunConfig) -> str:
@@ -44,8 +44,11 @@ def computable_metrics(cfg: RunConfig, data_format: str) -> list[str]:
     per_model = ["perplexity"] + ([metric, "stop_rate"] if metric != "perplexity" else [])
     if cfg.eval.regression.enabled:
         per_model.append("regression_score")
+    if cfg.eval.regression.general_prompts:
+        per_model += ["general_probability", "general_agreement"]
     names = [f"{role}_{name}" for role in ROLES for name in per_model]
     names += (["regression_drop"] if cfg.eval.regression.enabled else [])
+    names += (["general_drop", "general_top1_drop"] if cfg.eval.regression.general_prompts else [])
     return names
 
 

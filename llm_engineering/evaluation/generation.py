@@ -8,6 +8,7 @@ learned to stop runs into `max_new_tokens`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from llm_engineering.data.formats import chat_messages, row_tools
 from llm_engineering.model.generation import generate
@@ -34,11 +35,18 @@ class EvalResult:
         return {f"{prefix}_{self.metric}": self.score, f"{prefix}_stop_rate": self.stop_rate}
 
 
-def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new_tokens: int, batch_size: int):
-    """Score greedy completions of each row's prompt (all turns but the last) against its last assistant turn."""
+def evaluate_generation(model, tokenizer, rows: list[dict], metric: str, max_new_tokens: int, batch_size: int,
+                        answer_margin: Optional[int] = None):
+    """Score greedy completions of each row's prompt (all turns but the last) against its last assistant turn.
+    `answer_margin`: each answer is cut at its reference's length in tokens plus this many (at most
+    `max_new_tokens`), so a model that never stops (a base model) costs what the answers need, not the limit."""
     prompts = [chat_messages(row["messages"][:-1]) for row in rows]
     references = [row["messages"][-1]["content"] for row in rows]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, [row_tools(row) for row in rows])
+    bounds = max_new_tokens
+    if answer_margin is not None:
+        lengths = [len(ids) for ids in tokenizer(references, add_special_tokens=False)["input_ids"]]
+        bounds = [min(max_new_tokens, n + answer_margin) for n in lengths]
+    outputs = generate(model, tokenizer, prompts, bounds, batch_size, [row_tools(row) for row in rows])
     scorer = SCORERS[metric]
     samples = [
         Sample(prompt=p[-1]["content"], reference=ref, output=out, stopped=stopped,

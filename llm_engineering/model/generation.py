@@ -11,24 +11,34 @@ from llm_engineering.model.loading import padding_side
 
 
 @torch.no_grad()
-def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int, tools=None):
-    """Greedy completions for chat prompts: [(text, stopped_by_eos)]; `tools`: each conversation's tool definitions."""
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens, batch_size: int, tools=None):
+    """Greedy completions for chat prompts: [(text, stopped_by_eos)]; `tools`: each conversation's tool definitions;
+    `max_new_tokens`: one bound for all, or one per conversation (a batch generates to its largest)."""
+    return [(tokenizer.decode(ids, skip_special_tokens=True), stopped)
+            for ids, stopped in generate_ids(model, tokenizer, conversations, max_new_tokens, batch_size, tools)]
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, conversations: list[list[dict]], max_new_tokens, batch_size: int, tools=None):
+    """Greedy completions as token ids, without the end token: [(ids, stopped_by_eos)]."""
     tools = tools or [None] * len(conversations)
+    bounds = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(conversations)
     model.eval()
-    with padding_side(tokenizer, "left"):  # decoder-only models continue from the right edge
-        return _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools)
-
-
-def _generate(model, tokenizer, conversations, max_new_tokens, batch_size, tools):
     eos_ids = end_ids(model, tokenizer)
     results = []
-    with Progress(len(conversations), "generating", unit="prompt") as progress:
-        for start in range(0, len(conversations), batch_size):
-            batch = conversations[start: start + batch_size]
-            results += _generate_batch(model, tokenizer, batch, tools[start: start + batch_size], max_new_tokens,
+    with padding_side(tokenizer, "left"), Progress(len(conversations), "generating", unit="prompt") as progress:
+        for start in range(0, len(conversations), batch_size):  # left: decoder-only models continue from the right
+            batch = slice(start, start + batch_size)
+            results += _generate_batch(model, tokenizer, conversations[batch], tools[batch], max(bounds[batch]),
                                        eos_ids)
-            progress.update(len(batch))
+            progress.update(len(conversations[batch]))
     return results
+
+
+def prompt_ids(tokenizer, conversation: list[dict], tools=None) -> list[int]:
+    """The token ids generation starts from: the chat template with the assistant turn opened."""
+    text = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _generate_batch(model, tokenizer, conversations, tools, max_new_tokens, eos_ids):
@@ -47,7 +57,7 @@ def _generate_batch(model, tokenizer, conversations, tools, max_new_tokens, eos_
         stopped = any(t in eos_ids for t in row)
         if stopped:
             row = row[: next(i for i, t in enumerate(row) if t in eos_ids)]
-        results.append((tokenizer.decode(row, skip_special_tokens=True), stopped))
+        results.append((row, stopped))
     return results
 
 
