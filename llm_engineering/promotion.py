@@ -3,8 +3,8 @@
 The champion is whichever version carries the MLflow alias `champion`; its score is the gate metric of the run that
 logged it, so the comparison always uses numbers computed by the same evaluation. Each rule decides on evidence, not
 on single items: with per-item scores (`Evidence`) "beats the champion" is a paired difference over the same eval
-items and "lost general ability" a per-item drop, each with its 95 % interval (`evaluation/intervals.py`); an interval
-that spans the threshold is "cannot tell", with about how many items would tell, and never promotes. A version is
+items and "lost general ability" a per-item drop, each with its 95 % interval (`intervals.py`); an interval that
+spans the threshold is "cannot tell", with about how many items would tell, and never promotes. A version is
 champion only if it beats that score by more than the margin, was evaluated on the same eval data (the
 `eval_fingerprint` tag of both versions), and did not lose more general ability than `max_regression` (general_drop,
 or the regression probes' drop where the general check is off). Any other version gets the alias
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
-from llm_engineering.evaluation.intervals import Interval, mean_interval, paired_difference
+from llm_engineering.intervals import Interval, mean_interval, paired_difference
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EVAL_FINGERPRINT_TAG = "eval_fingerprint"

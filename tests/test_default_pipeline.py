@@ -424,7 +424,8 @@ def test_dpo_from_the_registered_sft_champion_runs_every_stage_and_tracks_the_re
     console = "".join(capfd.readouterr())
     assert re.search(r"preference training done in .* 2 steps, loss [\d.]+ -> [\d.]+, held-out reward accuracy "
                      r"[\d.]+", console), console[-3000:]
-    result = re.search(rf"json_exact_match [\d.]+ -> ([\d.]+) -> ([\d.]+), .*{NAME}-dpo v1 @(\w+)", console)
+    result = re.search(rf"json_exact_match [\d.]+ -> ([\d.]+) -> ([\d.]+) \[[\d.]+, [\d.]+\], .*{NAME}-dpo v1 @(\w+)",
+                       console)
     assert result, console[-3000:]
 
     assert set(run.steps) == PREFERENCE_STEPS  # no fresh adapter: it starts from the champion's

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from llm_engineering.evaluation.intervals import mean_interval, paired_difference, wilson
+from llm_engineering.intervals import mean_interval, paired_difference, wilson
 from llm_engineering.promotion import Champion, Evidence, current_champion, decide
 from tests.test_promotion import registry  # noqa: F401  (the fixture: a real MLflow registry)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from llm_engineering.evaluation.generation import evaluate_generation
-from llm_engineering.evaluation.intervals import mean_interval, wilson
+from llm_engineering.intervals import mean_interval, wilson
 from llm_engineering.evaluation.perplexity import perplexity
 
 PROBES = Path(__file__).with_name("probes.jsonl")
