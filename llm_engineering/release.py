@@ -41,7 +41,8 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     model); `step_seconds`: each step's wall time, logged with the metrics so a run with cached steps is complete."""
     config = RunConfig.model_validate(run_config)
     base, tuned = ModelEvaluation(**base_evaluation), ModelEvaluation(**finetuned_evaluation)
-    evaluated, samples = compare(base, tuned, ModelEvaluation(**start_evaluation) if start_evaluation else None)
+    start = ModelEvaluation(**start_evaluation) if start_evaluation else None
+    evaluated, samples = compare(base, tuned, start)
     metrics = {**training_metrics, **{f"merge_{k}": v for k, v in merge_report.items() if isinstance(v, (int, float))},
                **evaluated}
 
@@ -82,7 +83,7 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
                           config.higher_is_better(gate_metric), regression_drop=metrics.get("regression_drop"),
                           max_regression=gate.max_regression, eval_fingerprint=tuned.eval_fingerprint,
                           start=metrics.get(start_metric(gate_metric)) if start_evaluation else None,
-                          evidence=gate_evidence(base, tuned, start_evaluation, gate_metric))
+                          evidence=gate_evidence(base, tuned, start, gate_metric))
         apply_decision(registry_name, registered["version"], decision, tuned.eval_fingerprint)
         tracking.log_dict(decision.as_dict(), "promotion.json")
         tracking.log_metrics({"promotion_promoted": float(decision.promoted)})
@@ -96,7 +97,7 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     return Release(out.resolve(), summary, card, samples, decision)
 
 
-def gate_evidence(base: ModelEvaluation, tuned: ModelEvaluation, start_evaluation: Optional[dict],
+def gate_evidence(base: ModelEvaluation, tuned: ModelEvaluation, start: Optional[ModelEvaluation],
                   gate_metric: str) -> Evidence:
     """The per-item scores the gate decides on: the task's (when the gate metric is the task metric, which is scored
     per item) and general ability's (the base's own answers when scored, else the probes)."""
@@ -104,7 +105,7 @@ def gate_evidence(base: ModelEvaluation, tuned: ModelEvaluation, start_evaluatio
     task = item_scores(tuned, "task") if per_item else []
     general = "general" if base.general and tuned.general else "regression"
     return Evidence(candidate=task, base=item_scores(base, "task") if task else [],
-                    start=item_scores(ModelEvaluation(**start_evaluation), "task") if task and start_evaluation else [],
+                    start=item_scores(start, "task") if task and start else [],
                     regression=item_drops(base, tuned, general),
                     regression_metric="general_drop" if general == "general" else "regression_drop")
 

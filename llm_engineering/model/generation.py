@@ -37,13 +37,15 @@ def generate_ids(model, tokenizer, conversations: list[list[dict]], max_new_toke
 
 def prompt_ids(tokenizer, conversation: list[dict], tools=None) -> list[int]:
     """The token ids generation starts from: the chat template with the assistant turn opened."""
-    text = tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(_prompt_text(tokenizer, conversation, tools), add_special_tokens=False)["input_ids"]
+
+
+def _prompt_text(tokenizer, conversation: list[dict], tools=None) -> str:
+    return tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False, add_generation_prompt=True)
 
 
 def _generate_batch(model, tokenizer, conversations, tools, max_new_tokens, eos_ids):
-    texts = [tokenizer.apply_chat_template(c, tools=t, tokenize=False, add_generation_prompt=True)
-             for c, t in zip(conversations, tools)]
+    texts = [_prompt_text(tokenizer, c, t) for c, t in zip(conversations, tools)]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     output = model.generate(
         **inputs,
