@@ -14,13 +14,12 @@ from zenml import pipeline
 
 from llm_engineering.config import HarnessConfig, load_run_config
 from llm_engineering.data.sources import inputs_digest
-from llm_engineering.evaluation.compile_checks import evaluation_files_digest
 from llm_engineering.model.loading import checkpoint_stamp
 from llm_engineering.orchestration.console_hooks import on_stage_end, on_stage_start
 from llm_engineering.orchestration.process import prepare_process
 from llm_engineering.orchestration.start_adapter_lookup import check_start_adapter_source
 from steps.chosen_conversations import chosen_conversations
-from pipelines.checks import check_run
+from pipelines.checks import check_run, scoring_inputs
 from steps.evaluate_model import evaluate_model
 from steps.export_model import export_model
 from steps.inject_adapter import inject_adapter
@@ -58,9 +57,7 @@ def preference(config: Optional[dict[str, Any]] = None) -> None:
     )
     merged_model, merge_report = merge_adapter(base_model=base_model, trained_adapter=trained_adapter,
                                                eval_dataset=eval_dataset, merge_config=cfg.merge)
-    scoring = dict(eval_dataset=None if cfg.eval.eval_file else eval_dataset, data_summary=data_summary,
-                   task_metric=task_metric, dtype=cfg.merge.dtype, max_length=cfg.train.max_length,
-                   files_digest=evaluation_files_digest(cfg.eval))
+    scoring = scoring_inputs(cfg, eval_dataset, data_summary, task_metric)
     plain = cfg.eval.model_copy(update={"harness": HarnessConfig()})  # the harness runs on the tuned model only
     base_evaluation = evaluate_model(base_model=base_model, evaluation=plain, **scoring, id="evaluate_base")
     start_evaluation = None

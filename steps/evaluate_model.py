@@ -17,22 +17,22 @@ prepare_process()  # this process runs a step: noise filters, MLflow system metr
 @step(experiment_tracker=True, cache_policy=LIBRARY_AWARE)  # tracked: the MLflow run spans every step
 def evaluate_model(
     base_model: BaseModelRef,
-    data_summary: dict[str, Any],
     evaluation: EvalConfig,
     task_metric: str,
     dtype: str,
     max_length: int,
     files_digest: str,
     eval_dataset: Optional[Dataset] = None,
+    data_summary: Optional[dict[str, Any]] = None,
     merged_model: Optional[CheckpointDir] = None,
     role: Optional[str] = None,
     reference: Optional[dict[str, Any]] = None,
 ) -> Annotated[Report, "evaluation"]:
     """Score the base model (no `merged_model`; cached while the base, the eval rows and the settings stay) or the
     merged fine-tune on the eval rows (`eval_dataset`, or `evaluation.eval_file`) and the regression probes.
-    `files_digest`: the content of the evaluation's own files, for the cache key. `role` "start": the merged
-    adapter a preference run started from. `reference`: the base model's evaluation, whose answers to the general
-    prompts a fine-tune is scored on."""
+    `data_summary`: only while `task_metric` is auto (its format names the metric). `files_digest`: the content of
+    the evaluation's own files, for the cache key. `role` "start": the merged adapter a preference run started from.
+    `reference`: the base model's evaluation, whose answers to the general prompts a fine-tune is scored on."""
     if task_metric == "auto":  # the format was known only once the rows were read
         task_metric = evaluation.metric_for(data_summary["format"])
     result = evaluate_checkpoint(base_model.config, merged_model.path if merged_model else None, eval_dataset,

@@ -1,5 +1,5 @@
 """The dataset step inside real `zenml pipeline run`s: an edited data file is read again (ZenML's cache key sees
-parameters, not file contents) and an unchanged one comes from the cache. The shipped data configs run end to end in
+parameters, not file contents) and an unchanged one comes from the cache; the base model's evaluation stays cached when only the training rows change. The shipped data configs run end to end in
 tests/test_shipped_configs.py."""
 
 import json
@@ -36,8 +36,10 @@ def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_c
                                                                                      monkeypatch):
     data = repo.root / "my-data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in booking_rows(24, seed=1)))
-    config = write_config(repo.root / "file.yaml", parameters(tiny_model_dir, {"source": "file", "path": str(data),
-                                                                          "eval_rows": 4}), model=ZENML_MODEL)
+    params = parameters(tiny_model_dir, {"source": "file", "path": str(data), "eval_rows": 4})
+    # scored on a file of its own with a named metric: the training rows are not in the evaluations' cache key
+    params["eval"].update(eval_file="data/samples/booking_unseen.jsonl", metric="json_exact_match")
+    config = write_config(repo.root / "file.yaml", params, model=ZENML_MODEL)
     before = trained_answers(run_in_process(repo, config).steps)
 
     edited = booking_rows(24, seed=1)
@@ -47,6 +49,9 @@ def test_an_edited_data_file_is_read_again_and_an_unchanged_one_comes_from_the_c
     steps = run_in_process(repo, config).steps
     assert steps["load_dataset"].status == ExecutionStatus.COMPLETED
     assert steps["load_base_model"].status == ExecutionStatus.CACHED
+    # the base model's answers come from the cache; the new fine-tune is scored again
+    assert (steps["evaluate_base"].status, steps["evaluate_finetuned"].status) == (ExecutionStatus.CACHED,
+                                                                                  ExecutionStatus.COMPLETED)
     after = trained_answers(steps)
     assert after and not after & before and all('"guest"' in answer for answer in after)
 

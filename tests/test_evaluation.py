@@ -37,6 +37,20 @@ def test_perplexity_is_the_models_own_loss_over_the_scored_tokens_whatever_the_b
         assert perplexity(model, eval_rows, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
 
 
+def test_each_answer_is_cut_at_its_own_bound_whichever_rows_share_its_batch(tiny_model_dir, eval_rows):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llm_engineering.model.generation import generate_ids
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [row["messages"][:-1] for row in eval_rows]
+    bounds = [3, 9, 1, 12, 5, 7]
+    alone = [generate_ids(model, tokenizer, [c], bound, 1)[0] for c, bound in zip(conversations, bounds)]
+    together = generate_ids(model, tokenizer, conversations, bounds, len(conversations))
+    assert [len(ids) for ids, _ in alone] == bounds  # this random model never stops: each ran to its bound
+    assert together == alone
+
+
 def test_contains_matches_whole_words_and_numbers_ignoring_case():
     assert contains("The capital of France is Paris.", "Paris")
     assert contains("PARIS", "paris")

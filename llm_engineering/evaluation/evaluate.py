@@ -54,7 +54,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], probes: list[dict], evalu
                                    evaluation.batch_size, evaluation.answer_margin)
         metrics.update(task.metrics(role))
         samples += _samples("task", task)
-    metrics[f"{role}_perplexity"] = perplexity(model, rows, batch_size=4, pad_id=tokenizer.pad_token_id or 0)
+    metrics[f"{role}_perplexity"] = perplexity(model, rows, batch_size=16, pad_id=tokenizer.pad_token_id or 0)
     if probes:
         regression = evaluate_generation(model, tokenizer, probes, evaluation.regression.metric,
                                          evaluation.regression.max_new_tokens, evaluation.batch_size)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from llm_engineering.evaluation.tail_logits import tail_logits
 from llm_engineering.model.generation import end_ids, generate_ids, prompt_ids
 
 GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.jsonl")
@@ -47,24 +48,21 @@ def agreement(model, tokenizer, conversations: list[list[dict]], references: lis
     model gives each of them, and `agreement`, the share its top-1 picks."""
     model.eval()
     rows = [(prompt_ids(tokenizer, c), ref["answer_ids"]) for c, ref in zip(conversations, references)]
-    scores = []
+    answered = [(prompt, answer) for prompt, answer in rows if answer]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start: start + batch_size]
-        width = max(len(p) + len(a) for p, a in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (prompt, answer) in enumerate(batch):
-            ids[i, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-            mask[i, :len(prompt) + len(answer)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float().cpu()
-        for i, (prompt, answer) in enumerate(batch):
-            if not answer:
-                scores.append({"probability": 1.0, "agreement": 1.0})
-                continue
-            at = logits[i, len(prompt) - 1: len(prompt) + len(answer) - 1]  # token t from the tokens before it
-            target = torch.tensor(answer)
-            probability = at.softmax(-1).gather(-1, target[:, None]).mean()
-            picked = (at.argmax(-1) == target).float().mean()
-            scores.append({"probability": float(probability), "agreement": float(picked)})
+    logits = []
+    for start in range(0, len(answered), batch_size):
+        batch = answered[start: start + batch_size]
+        logits += tail_logits(model, [p + a for p, a in batch], [len(a) for _, a in batch], pad)
+    scored = iter(zip(answered, logits))
+    scores = []
+    for _, answer in rows:
+        if not answer:  # nothing to hold the model to
+            scores.append({"probability": 1.0, "agreement": 1.0})
+            continue
+        (_, answer), at = next(scored)
+        target = torch.tensor(answer)
+        probability = at.softmax(-1).gather(-1, target[:, None]).mean()
+        picked = (at.argmax(-1) == target).float().mean()
+        scores.append({"probability": float(probability), "agreement": float(picked)})
     return scores

@@ -9,26 +9,24 @@ import math
 import torch
 
 from llm_engineering.data.tokenization import IGNORE
+from llm_engineering.evaluation.tail_logits import tail_logits
 
 
 @torch.no_grad()
-def perplexity(model, rows: list[dict], batch_size: int = 4, pad_id: int = 0) -> float:
+def perplexity(model, rows: list[dict], batch_size: int = 16, pad_id: int = 0) -> float:
     """Perplexity over `rows` (each with `input_ids` and `labels`); nan when no row has a scored token."""
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(r["input_ids"]) for r in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            n = len(row["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(row["input_ids"]), torch.tensor(row["labels"]), 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        targets = labels[:, 1:].to(logits.device)  # token t is predicted from the tokens before it
-        total_nll += torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        ).item()
-        total_tokens += int((targets != IGNORE).sum())
+    scored = [row for row in rows if any(label != IGNORE for label in row["labels"][1:])]
+    for start in range(0, len(scored), batch_size):
+        batch = scored[start: start + batch_size]
+        # each row's tail from its first scored token (after the first: token 0 has no tokens before it)
+        tails = [len(r["labels"]) - next(i for i, label in enumerate(r["labels"]) if i and label != IGNORE)
+                 for r in batch]
+        logits = tail_logits(model, [r["input_ids"] for r in batch], tails, pad_id)
+        for row, tail, row_logits in zip(batch, tails, logits):
+            targets = torch.tensor(row["labels"][-tail:])
+            total_nll += torch.nn.functional.cross_entropy(row_logits, targets, ignore_index=IGNORE,
+                                                           reduction="sum").item()
+            total_tokens += int((targets != IGNORE).sum())
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")

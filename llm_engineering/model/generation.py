@@ -29,10 +29,17 @@ def generate_ids(model, tokenizer, conversations: list[list[dict]], max_new_toke
     with padding_side(tokenizer, "left"), Progress(len(conversations), "generating", unit="prompt") as progress:
         for start in range(0, len(conversations), batch_size):  # left: decoder-only models continue from the right
             batch = slice(start, start + batch_size)
-            results += _generate_batch(model, tokenizer, conversations[batch], tools[batch], max(bounds[batch]),
-                                       eos_ids)
+            answers = _generate_batch(model, tokenizer, conversations[batch], tools[batch], max(bounds[batch]),
+                                      eos_ids)
+            results += [_within(ids, stopped, bound) for (ids, stopped), bound in zip(answers, bounds[batch])]
             progress.update(len(conversations[batch]))
     return results
+
+
+def _within(ids: list[int], stopped: bool, bound: int) -> tuple[list[int], bool]:
+    """A row's answer cut at its own bound: the same answer whichever rows share its batch (the batch generates to
+    its largest bound). Its end token counts: an answer of `bound` tokens had no room left to stop."""
+    return (ids, stopped) if len(ids) < bound else (ids[:bound], False)
 
 
 def prompt_ids(tokenizer, conversation: list[dict], tools=None) -> list[int]:
