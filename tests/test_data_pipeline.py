@@ -1,6 +1,6 @@
 """The dataset step inside real `zenml pipeline run`s: an edited data file is read again (ZenML's cache key sees
-parameters, not file contents) and an unchanged one comes from the cache; the base model's evaluation stays cached when only the training rows change. The shipped data configs run end to end in
-tests/test_shipped_configs.py."""
+parameters, not file contents) and an unchanged one comes from the cache, as does the base model's evaluation when
+only the training rows changed. The shipped data configs run end to end in tests/test_shipped_configs.py."""
 
 import json
 
