@@ -288,6 +288,14 @@ def failure_block(run_name: str, failures: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def refusal_block(reason: str) -> str:
+    """The closing block of a run our own check stopped outside any step (a bad config, a missing file, found while
+    ZenML compiles the pipeline): the check's message, which names what is wrong and where."""
+    return "\n".join(["", "=" * 78, "Run stopped:",
+                      *(f"  {line}" for line in reason.splitlines()),
+                      "  traceback  rerun with LLM_ENGINEERING_TRACEBACK=1", "=" * 78])
+
+
 def summary_block(summary: dict[str, Any], run_name: str, mlflow_url: Optional[str]) -> str:
     """The closing block of a pipeline run: headline metrics, where the model is, and where to look at the run."""
     lines = ["", "=" * 78, f"Fine-tune finished: {run_name}"]

@@ -45,6 +45,11 @@ def test_a_bad_config_fails_before_any_step_runs(repo, tiny_model_dir, monkeypat
     output = failed.stdout + failed.stderr
     assert "adapter.rank: unknown key" in output and "train.max_steps = 0" in output
     assert len(Client().list_pipeline_runs(size=100)) == runs_before
+    # the console ends with our message alone, not under ZenML's boxed traceback of its own call stack
+    assert "Traceback" not in output and "click/core.py" not in output, output[-3000:]
+    block = output[output.index("Run stopped:"):].rstrip().splitlines()
+    assert block[1] == "  ConfigError: invalid run config (2 problems):" and block[-1] == "=" * 78, output[-3000:]
+    assert any("adapter.rank: unknown key" in line for line in block[2:4]), output[-3000:]
 
 
 def test_setup_is_idempotent(repo, monkeypatch):

@@ -8,8 +8,9 @@ operator's process otherwise), inside ZenML's step context.
 
 A failed run ends with our block (each failed step and its reason, how to rerun, where the traceback is) instead of
 the orchestrator's traceback and ZenML's boxed one of its own call stack, in which the reason was hard to find:
-`short_failures()`, called by the pipeline modules, which the CLI process imports. LLM_ENGINEERING_TRACEBACK=1
-keeps ZenML's output as it was.
+`short_failures()`, called by the pipeline modules, which the CLI process imports. A run refused while ZenML
+compiles it (a typo'd key, a missing file: one of our own exceptions) ends with that message alone, not ZenML's
+150-line boxed traceback above it. LLM_ENGINEERING_TRACEBACK=1 keeps ZenML's output as it was.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ def short_failures() -> None:
 
     def hook(kind, error, trace):
         if not (kind is RuntimeError and str(error).startswith("Pipeline run has failed")):
+            ours = _our_error(error)
+            if ours is not None:  # e.g. refused while compiling: our message names the mistake and where it is
+                return console.say(console.refusal_block(f"{type(ours).__name__}: {ours}"))
             return previous(kind, error, trace)
         if _failed:
             for run_name, failures in _failed.items():
@@ -115,4 +119,16 @@ def short_failures() -> None:
 
     hook.short_failures = True
     sys.excepthook = hook
+
+
+def _our_error(error: BaseException) -> Optional[BaseException]:
+    """The project's own exception (a class defined in llm_engineering: ConfigError, DataError, ...) that ended the
+    process, directly or as the cause of another's: its message names what is wrong and where."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__.split(".")[0] == "llm_engineering":
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
