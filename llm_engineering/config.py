@@ -151,7 +151,7 @@ class TokenizerConfig(_Section):
     """What the dataset step needs of the model section: where the tokenizer is and which chat template to use (so
     changing quantization or dtype leaves the dataset step cached)."""
 
-    source: Literal["embedded", "local", "hub"] = "embedded"  # where the tokenizer comes from (as model.source)
+    source: Literal["embedded", "local", "hub", "gguf"] = "embedded"  # where the tokenizer comes from (as model.source)
     name_or_path: Optional[str] = None
     revision: Optional[str] = None  # hub: a branch, tag or commit
     trust_remote_code: bool = False  # run the repository's own Python code; off unless set
@@ -162,9 +162,10 @@ class TokenizerConfig(_Section):
 class ModelConfig(_Section):
     """The base model: where it comes from, its dtype, attention, chat template and bitsandbytes quantization."""
 
-    # the embedded SmolLM2-135M-Instruct, a local checkpoint or a hub id
-    source: Literal["embedded", "local", "hub"] = "embedded"
-    name_or_path: Optional[str] = Field(None, description="local checkpoint dir (local) or hub model id (hub)")
+    # the embedded SmolLM2-135M-Instruct, a local checkpoint, a hub id, or a GGUF file (converted once, cached)
+    source: Literal["embedded", "local", "hub", "gguf"] = "embedded"
+    name_or_path: Optional[str] = Field(None, description="local checkpoint dir (local), hub model id (hub), or a "
+                                                          ".gguf file or a package that ships one (gguf)")
     revision: Optional[str] = None  # hub: a branch, tag or commit; pin one for reproducible runs
     dtype: ComputeDtype = Field("auto", description="dtype of the unquantized weights (auto: bfloat16 where it is "
                                                      "native, else float32)")
@@ -180,7 +181,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _source_has_its_location(self) -> "ModelConfig":
-        if self.source in ("local", "hub") and not self.name_or_path:
+        if self.source in ("local", "hub", "gguf") and not self.name_or_path:
             raise ValueError(f"source '{self.source}' needs model.name_or_path")
         return self
 

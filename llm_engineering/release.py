@@ -59,7 +59,8 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     vllm_warning = check_vllm_rank(config.adapter.r) if export.include_adapter else None
     model, tokenizer = load_exported(merged_model)
     rows = first_rows(eval_dataset, export.verify_prompts)
-    card = model_card(base_model_name, data_summary, config.model_dump(mode="json"), metrics, method)
+    lineage = base_lineage(config.model)
+    card = model_card(base_model_name, data_summary, config.model_dump(mode="json"), metrics, method, lineage)
     out = write_export(model, tokenizer, Path(export.output_dir), card, overwrite=export.overwrite,
                        max_shard_size=export.max_shard_size,
                        adapter_dir=trained_adapter if export.include_adapter else None,
@@ -69,6 +70,8 @@ def release(merged_model: Path, trained_adapter: Path, base_model_name: str, eva
     metrics.update(gguf_metrics(out))
 
     _track(out, config, run_config, metrics, step_seconds or {}, card, samples)
+    if lineage:  # the GGUF file the base weights were read from, beside the run's config
+        tracking.log_dict(lineage, "base_gguf_source.json")
     adapter_params = adapter_model_params(config.adapter, config.preference if method != "sft" else None)
     tracking.log_adapter_model_unless_logged(trained_adapter, adapter_params)  # training may have come from cache
     sample = serving_sample(exported, exported_tokenizer, rows, export.chat_max_tokens)
@@ -108,6 +111,16 @@ def gate_evidence(base: ModelEvaluation, tuned: ModelEvaluation, start: Optional
                     start=item_scores(start, "task") if task and start else [],
                     regression=item_drops(base, tuned, general),
                     regression_metric="general_drop" if general == "general" else "regression_drop")
+
+
+def base_lineage(model_cfg) -> Optional[dict]:
+    """The GGUF file a base model was read from (embedded or `model.source: gguf`), for the card and MLflow."""
+    if model_cfg.source not in ("embedded", "gguf"):
+        return None
+    from llm_engineering.model.gguf_source import gguf_lineage
+    from llm_engineering.model.loading import checkpoint_location
+
+    return gguf_lineage(Path(checkpoint_location(model_cfg)))
 
 
 def _track(out: Path, config: RunConfig, run_config: dict, metrics: dict, step_seconds: dict, card: str,

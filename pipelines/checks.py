@@ -7,13 +7,17 @@ from llm_engineering.data.preference import check_rows_match_pipeline
 from llm_engineering.evaluation.compile_checks import check_evaluation, evaluation_files_digest
 from llm_engineering.export.export_dir import check_push_credentials, check_target
 from llm_engineering.export.gguf_file import check_model_supports_gguf
+from llm_engineering.model.gguf_source import check_gguf_source
 from llm_engineering.training.rewards import check_rewards
 
 
 def check_run(cfg: RunConfig, pipeline: str) -> str:
-    """Rows of the kind `pipeline` trains on, an export target, credentials, GGUF support, GRPO's reward functions and
-    an evaluation that can run; returns the task metric ("auto" until the data format is known)."""
+    """Rows of the kind `pipeline` trains on, a GGUF base model transformers can read, an export target, credentials,
+    GGUF support, GRPO's reward functions and an evaluation that can run; returns the task metric ("auto" until the
+    data format is known)."""
     check_rows_match_pipeline(cfg.data, pipeline)
+    if cfg.model.source == "gguf":  # the file and its architecture, before any step converts it
+        check_gguf_source(cfg.model.name_or_path)
     check_rewards(cfg.preference)
     check_target(Path(cfg.export.output_dir), cfg.export.overwrite)
     check_push_credentials(cfg.export.push_to_hub)

@@ -146,6 +146,7 @@ SLOW_WITHOUT_PIPELINE = (
     "tests/test_gguf.py::test_checking_a_gguf_leaves",
     "tests/test_gguf.py::test_a_gguf_with_a_wrong_tensor",
     "tests/test_gguf.py::test_an_architecture_llama_cpps",
+    "tests/test_gguf_source.py::test_a_model_read_from_a_gguf",  # writes a GGUF with llama.cpp's converter
     "tests/test_model_families.py::test_llama_cpp_tokenizes_phi3s",
     "tests/test_model_families.py::test_each_familys_chat_model_in_mlflow",  # MLflow logs and loads each model
 )

@@ -51,3 +51,11 @@ def test_a_recorded_metric_is_averaged_into_the_trainers_next_log(tiny_model_dir
     trainer.model.eval()
     trainer.log({"eval_loss": 1.0})
     assert trainer.state.log_history[-1]["eval_probe_accuracy"] == 0.0
+
+
+def test_transformers_gguf_reader_still_lists_the_architectures_it_reads_under_the_names_we_map_to():
+    from llm_engineering.model.transformers_internals import gguf_causal_architectures, gguf_reader_architecture
+
+    known = gguf_causal_architectures()
+    assert {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "mistral", "phi3"} <= set(known)
+    assert all(gguf_reader_architecture(name) in known for name in ("qwen2moe", "qwen3moe", "gpt-oss"))

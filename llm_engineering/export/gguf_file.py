@@ -105,6 +105,12 @@ def write_gguf_files(model, tokenizer, checkpoint: Path, gguf_types, rows: list[
     return reports
 
 
+def check_gguf_file(model, tokenizer, path: Path, gguf_type: str, rows: list[dict], texts: list[str]) -> GGUFReport:
+    """An existing GGUF file in llama.cpp against `model` (the same measure as an export's files): e.g. a model read
+    from that very file (`model.source: gguf`), which should compute what llama.cpp computes on it."""
+    return _Reference(model, tokenizer, texts, rows).measure(Path(path), 0.0, gguf_type)
+
+
 def _timed(tool, *args) -> tuple[Path, float]:
     """Run one of llama.cpp's tools: the file it made and the seconds it took; its failure as the export's."""
     start = time.perf_counter()

@@ -53,8 +53,19 @@ def training_method(method: str, config: dict[str, Any]) -> str:
     return f"tuned with TRL {method.upper()} on preference pairs{origin}"
 
 
+def base_weights_section(lineage: Optional[dict]) -> str:
+    """Where the base weights came from, when they were read from a GGUF file (model/gguf_source.py)."""
+    if not lineage:
+        return ""
+    types = ", ".join(f"{name} x {count}" for name, count in lineage["tensor_types"].items())
+    return (f"\n## Base weights\nRead from the GGUF file `{lineage['file']}` (SHA-256 `{lineage['sha256']}`, "
+            f"architecture `{lineage['architecture']}`; tensors {types}). The weights were dequantized to float from "
+            "these types by transformers' GGUF reader before fine-tuning: the base model here is that dequantization, "
+            "not the checkpoint the file was quantized from.\n")
+
+
 def model_card(base_model: str, data: dict[str, Any], config: dict[str, Any], metrics: dict[str, float],
-               method: str = "sft") -> str:
+               method: str = "sft", base_lineage: Optional[dict] = None) -> str:
     rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(metrics.items()))
     tag, how = method, training_method(method, config)
     if method == "sft":  # the schema's preference defaults played no part in an SFT run
@@ -68,7 +79,7 @@ tags: [lora, {tag}, llm_engineering]
 
 LoRA adapter {how}, merged into the base weights by `llm_engineering`. The adapter alone is in
 `{ADAPTER_SUBDIR}/`; `{MANIFEST}` lists the SHA-256 of every file.
-
+{base_weights_section(base_lineage)}
 ## Data
 {yaml.safe_dump(data, sort_keys=True).strip()}
 

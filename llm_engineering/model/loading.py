@@ -49,6 +49,13 @@ def checkpoint_location(cfg: ModelConfig) -> str:
     """Local directory or hub id to pass to `from_pretrained`."""
     if cfg.source == "embedded":
         return str(embedded_model_dir())
+    if cfg.source == "gguf":
+        from llm_engineering.model.gguf_source import GGUFSourceError, gguf_checkpoint_dir
+
+        try:
+            return str(gguf_checkpoint_dir(cfg.name_or_path))
+        except GGUFSourceError as exc:
+            raise ModelLoadError(str(exc)) from None
     if cfg.source == "local":
         path = Path(cfg.name_or_path).expanduser()
         if not path.is_dir():
@@ -83,14 +90,14 @@ def hub_commit(repo_id: str, revision: Optional[str] = None, cache_dir: Optional
 
 
 def checkpoint_stamp(cfg: ModelConfig) -> str:
-    """Names, sizes and mtimes of a local checkpoint's files ("" for the embedded model and hub ids, which the
-    revision pins): cheap enough to compute when a pipeline compiles, and changed by any rewrite of the weights."""
-    if cfg.source != "local":
+    """Names, sizes and mtimes of a local checkpoint's files or a GGUF file ("" for the embedded model and hub ids,
+    which the package version and the revision pin): cheap enough to compute when a pipeline compiles, and changed by any rewrite of the weights."""
+    if cfg.source not in ("local", "gguf"):
         return ""
     path = Path(cfg.name_or_path).expanduser()
-    if not path.is_dir():
-        return ""  # the load step names the missing directory
-    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not path.exists():
+        return ""  # the load step names the missing directory or file
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     stamp = "".join(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
     return hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
