@@ -174,7 +174,7 @@ def row_line(r: dict) -> str:
     return (f"{r['precision']:>5} {r['seed']:>5} {r['promotion'] or '-':>10} "
             f"{r[metric]:.3f} [{r[metric + '_ci_low']:.3f}, {r[metric + '_ci_high']:.3f}] "
             f"{r['general_drop']:>7.3f} [{r['general_drop_ci_low']:.3f}, {r['general_drop_ci_high']:.3f}] "
-            f"{r['regression_drop']:>7.3f} {steps.get('train_sft', 0):>8.0f} "
+            f"{r.get('regression_drop', float('nan')):>7.3f} {steps.get('train_sft', 0):>8.0f} "
             f"{steps.get('evaluate_base', 0) + steps.get('evaluate_finetuned', 0):>7.0f} {r['wall_seconds']:>7.0f}")
 
 

